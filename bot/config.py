@@ -1,0 +1,92 @@
+"""Configuration, read once from the environment (a `.env` file may supply it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFICIAL_WECOM_API = "https://qyapi.weixin.qq.com/cgi-bin/"
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the service reads; built once by `load_settings`."""
+
+    database_url: str
+    redis_url: str | None
+    timezone: str
+    public_base_url: str
+    secret_key: str
+    wecom_corp_id: str | None = None
+    wecom_agent_id: str | None = None
+    wecom_secret: str | None = None
+    wecom_token: str | None = None
+    wecom_aes_key: str | None = None
+    wecom_api_base: str = OFFICIAL_WECOM_API
+    mp_app_id: str | None = None
+    mp_app_secret: str | None = None
+    mp_token: str | None = None
+    mp_aes_key: str | None = None
+    mp_api_base: str | None = None
+    catalogue_path: Path = field(default=ROOT / "models" / "catalogue.toml")
+    production: bool = False
+
+    @property
+    def wecom_enabled(self) -> bool:
+        return bool(self.wecom_corp_id and self.wecom_token and self.wecom_aes_key)
+
+
+def default_database_url() -> str:
+    """The embedded SQLite default: a file under `instance/`."""
+    instance = ROOT / "instance"
+    instance.mkdir(exist_ok=True)
+    return f"sqlite:///{instance / 'chuzhika.db'}"
+
+
+def load_settings(overrides: dict | None = None) -> Settings:
+    """Read the environment (and `.env`) into a `Settings`; `overrides` win."""
+    load_dotenv(ROOT / ".env", override=False)
+    production = _env("APP_ENV", "development") == "production"
+    secret = _env("SECRET_KEY")
+    if secret is None:
+        if production:
+            raise RuntimeError("SECRET_KEY is required in production")
+        secret = secrets.token_hex(32)
+    values = dict(
+        database_url=_env("DATABASE_URL") or default_database_url(),
+        redis_url=_env("REDIS_URL"),
+        timezone=_env("APP_TIMEZONE", "Asia/Shanghai"),
+        public_base_url=_env("PUBLIC_BASE_URL", "http://localhost:8000"),
+        secret_key=secret,
+        wecom_corp_id=_env("WECOM_CORP_ID"),
+        wecom_agent_id=_env("WECOM_AGENT_ID"),
+        wecom_secret=_env("WECOM_SECRET"),
+        wecom_token=_env("WECOM_TOKEN"),
+        wecom_aes_key=_env("WECOM_AES_KEY"),
+        wecom_api_base=_env("WECOM_API_BASE", OFFICIAL_WECOM_API),
+        mp_app_id=_env("MP_APP_ID"),
+        mp_app_secret=_env("MP_APP_SECRET"),
+        mp_token=_env("MP_TOKEN"),
+        mp_aes_key=_env("MP_AES_KEY"),
+        mp_api_base=_env("MP_API_BASE"),
+        production=production,
+    )
+    if _env("CATALOGUE_PATH"):
+        values["catalogue_path"] = Path(_env("CATALOGUE_PATH"))
+    values.update(overrides or {})
+    if not values["wecom_api_base"].endswith("/"):
+        values["wecom_api_base"] += "/"
+    return Settings(**values)

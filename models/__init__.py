@@ -1,0 +1,1 @@
+"""The domain: tables, the catalogue, periods, the card, authorisation."""

@@ -1,0 +1,182 @@
+"""Who may record what for whom, and who sees which card (PRODUCT.md §2).
+
+An `Actor` is built once per message; the rules below are pure functions of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.catalogue import DOMAINS, ScorePoint
+from models.schema import Department, SchoolClass, Staff, Student, TeachingAssignment
+
+FULL = frozenset(DOMAINS)
+CAREER_ONLY = frozenset({"职业发展"})
+# Roles that see sensitive points of the students in their scope.
+SENSITIVE_ROLES = frozenset({"班主任", "辅导员", "学工办"})
+
+
+@dataclass(frozen=True)
+class View:
+    """What a viewer sees of one student's card."""
+
+    domains: frozenset[str]
+    sensitive: bool
+
+    def shows(self, point: ScorePoint) -> bool:
+        return point.domain in self.domains and (self.sensitive or not point.sensitive)
+
+
+NO_VIEW = View(frozenset(), False)
+
+
+@dataclass
+class Actor:
+    """The sender of a message with every scope the rules need."""
+
+    userid: str
+    name: str
+    staff_id: int | None = None
+    student_id: int | None = None
+    student_class_id: int | None = None
+    roles: frozenset[str] = frozenset()
+    department_id: int | None = None
+    head_classes: set[int] = field(default_factory=set)
+    counsel_classes: set[int] = field(default_factory=set)
+    taught_classes: set[int] = field(default_factory=set)
+    department_classes: set[int] = field(default_factory=set)
+
+    @property
+    def is_staff(self) -> bool:
+        return self.staff_id is not None
+
+    @property
+    def is_student(self) -> bool:
+        return self.student_id is not None
+
+    @property
+    def audit_name(self) -> str:
+        return f"{self.name}({self.userid})"
+
+    def classes_for_role(self, role: str) -> set[int] | None:
+        """Classes a role acts on; None means every class of the college."""
+        if role not in self.roles:
+            return set()
+        if role == "班主任":
+            return self.head_classes
+        if role == "辅导员":
+            return self.counsel_classes
+        if role in ("任课教师", "体育老师"):
+            return self.taught_classes
+        if role in ("学工办", "教研室", "系部主任"):
+            return self.department_classes
+        if role == "院领导":
+            return None
+        return set()
+
+
+def may_record(actor: Actor, point: ScorePoint, class_id: int) -> bool:
+    """Role × scope × the point's recorder."""
+    if point.derived is not None:
+        return False
+    for role in point.recorders:
+        scope = actor.classes_for_role(role)
+        if scope is None or class_id in scope:
+            return True
+    return False
+
+
+def recordable_classes(actor: Actor, point: ScorePoint) -> set[int] | None:
+    """Every class in which `actor` may record `point` (None: all)."""
+    out: set[int] = set()
+    for role in point.recorders:
+        scope = actor.classes_for_role(role)
+        if scope is None:
+            return None
+        out |= scope
+    return out
+
+
+def student_view(actor: Actor, student_id: int, class_id: int) -> View:
+    """How much of a student's card `actor` may see."""
+    if actor.student_id == student_id:
+        return View(FULL, True)
+    if not actor.is_staff:
+        return NO_VIEW
+    domains: set[str] = set()
+    sensitive = False
+    for role in actor.roles:
+        if role in ("院领导", "管理员"):
+            continue  # aggregates only: never an individual card
+        scope = actor.classes_for_role(role)
+        if scope is not None and class_id not in scope:
+            continue
+        domains |= CAREER_ONLY if role == "教研室" else FULL
+        sensitive = sensitive or role in SENSITIVE_ROLES
+    return View(frozenset(domains), sensitive) if domains else NO_VIEW
+
+
+def class_view(actor: Actor, class_id: int) -> View:
+    """How much of a class card `actor` may see (class points are never sensitive)."""
+    if not actor.is_staff:
+        return NO_VIEW
+    domains: set[str] = set()
+    for role in actor.roles:
+        if role == "管理员":
+            continue
+        scope = actor.classes_for_role(role)
+        if scope is None or class_id in scope:
+            domains |= CAREER_ONLY if role == "教研室" else FULL
+    return View(frozenset(domains), False) if domains else NO_VIEW
+
+
+def viewable_classes(actor: Actor) -> set[int] | None:
+    """Classes whose students' cards `actor` may look up (None: all)."""
+    out: set[int] = set()
+    for role in actor.roles - {"院领导", "管理员"}:
+        scope = actor.classes_for_role(role)
+        if scope is None:
+            return None
+        out |= scope
+    return out
+
+
+def load_actor(session: Session, userid: str) -> Actor | None:
+    """Find the sender by 企业微信账号, 工号 or 学号; None for an unknown sender."""
+    staff = session.scalar(select(Staff).where(Staff.wecom_userid == userid)) or session.scalar(
+        select(Staff).where(Staff.staff_no == userid))
+    if staff is not None:
+        return _staff_actor(session, staff, userid)
+    student = session.scalar(select(Student).where(Student.wecom_userid == userid)) or session.scalar(
+        select(Student).where(Student.student_no == userid))
+    if student is not None:
+        return Actor(userid=userid, name=student.name, student_id=student.id,
+                     student_class_id=student.class_id)
+    return None
+
+
+def _staff_actor(session: Session, staff: Staff, userid: str) -> Actor:
+    roles = set(staff.role_set)
+    head = set(session.scalars(select(SchoolClass.id).where(SchoolClass.head_teacher_id == staff.id)))
+    counsel = set(session.scalars(select(SchoolClass.id).where(SchoolClass.counsellor_id == staff.id)))
+    taught = set(session.scalars(
+        select(TeachingAssignment.class_id).where(TeachingAssignment.staff_id == staff.id)))
+    # The class and department sheets grant the role they name, even if 角色 forgot it.
+    if head:
+        roles.add("班主任")
+    if counsel:
+        roles.add("辅导员")
+    headed = set(session.scalars(select(Department.id).where(Department.head_staff_no == staff.staff_no)))
+    if headed:
+        roles.add("系部主任")
+    departments = headed | ({staff.department_id} if staff.department_id else set())
+    dept_classes = set(session.scalars(
+        select(SchoolClass.id).where(SchoolClass.department_id.in_(departments)))) if departments else set()
+    return Actor(
+        userid=userid, name=staff.name, staff_id=staff.id, roles=frozenset(roles),
+        department_id=staff.department_id, head_classes=head, counsel_classes=counsel,
+        taught_classes=taught, department_classes=dept_classes,
+    )

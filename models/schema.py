@@ -1,0 +1,187 @@
+"""Tables: the roster, the calendar, score entries, the audit log, processed messages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.db import Base
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, in UTC (stored as such)."""
+    return datetime.now(timezone.utc)
+
+
+class Department(Base):
+    """系部."""
+
+    __tablename__ = "department"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    head_staff_no: Mapped[str | None] = mapped_column(String(32))
+
+
+class Staff(Base):
+    """教职工: one person with one or more roles."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_no: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    wecom_userid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Roles joined by "," in canonical Chinese names (班主任,任课教师 …).
+    roles: Mapped[str] = mapped_column(String(200), default="")
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("department.id"))
+
+    department: Mapped[Department | None] = relationship()
+
+    @property
+    def role_set(self) -> frozenset[str]:
+        return frozenset(r for r in self.roles.split(",") if r)
+
+
+class SchoolClass(Base):
+    """班级."""
+
+    __tablename__ = "school_class"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    department_id: Mapped[int] = mapped_column(ForeignKey("department.id"))
+    grade: Mapped[int | None] = mapped_column(Integer)
+    head_teacher_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    counsellor_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+
+    department: Mapped[Department] = relationship()
+    head_teacher: Mapped[Staff | None] = relationship(foreign_keys=[head_teacher_id])
+    counsellor: Mapped[Staff | None] = relationship(foreign_keys=[counsellor_id])
+
+
+class Student(Base):
+    """学生."""
+
+    __tablename__ = "student"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    student_no: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("school_class.id"), index=True)
+    wecom_userid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    weekly_card: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    school_class: Mapped[SchoolClass] = relationship()
+
+
+class TeachingAssignment(Base):
+    """任课: a staff member teaches a course to a class."""
+
+    __tablename__ = "teaching_assignment"
+    __table_args__ = (UniqueConstraint("staff_id", "class_id", "course"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("school_class.id"), index=True)
+    course: Mapped[str] = mapped_column(String(64))
+
+
+class Semester(Base):
+    """校历: one semester of an academic year (学年 "2025-2026", 学期 1 or 2)."""
+
+    __tablename__ = "semester"
+    __table_args__ = (UniqueConstraint("year", "term"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    year: Mapped[str] = mapped_column(String(16))
+    term: Mapped[int] = mapped_column(Integer)
+    start: Mapped[date] = mapped_column(Date)
+    end: Mapped[date] = mapped_column(Date)
+
+
+class ScoreEntry(Base):
+    """One recorded value of a 采分点 for a student or a class.
+
+    Entries are never deleted: undo sets `revoked_at`. The value of a point in a
+    period is derived from its live entries (latest, sum or mean by point kind).
+    """
+
+    __tablename__ = "score_entry"
+    __table_args__ = (
+        Index("ix_score_student_point", "student_id", "point_code", "period_key"),
+        Index("ix_score_class_point", "class_id", "point_code", "period_key"),
+        Index("ix_score_batch", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    point_code: Mapped[str] = mapped_column(String(32))
+    student_id: Mapped[int | None] = mapped_column(ForeignKey("student.id"))
+    class_id: Mapped[int | None] = mapped_column(ForeignKey("school_class.id"))
+    period_key: Mapped[str] = mapped_column(String(16))
+    semester_key: Mapped[str] = mapped_column(String(16), index=True)
+    occurred_on: Mapped[date] = mapped_column(Date)
+    value: Mapped[float] = mapped_column(Float)
+    recorder_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    batch_id: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16), default="chat")
+    source_msg: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+
+
+class RecordingBatch(Base):
+    """One recording message (or import): the unit that `撤销` takes back."""
+
+    __tablename__ = "recording_batch"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorder_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"), index=True)
+    source: Mapped[str] = mapped_column(String(16), default="chat")
+    source_msg: Mapped[str | None] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditLog(Base):
+    """Append-only: every change, who made it, through which message, the value before."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_key: Mapped[str] = mapped_column(String(128))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    source_msg: Mapped[str | None] = mapped_column(String(128))
+
+
+class ProcessedMessage(Base):
+    """An inbound message already handled, with the reply it got (WeChat retries get it again)."""
+
+    __tablename__ = "processed_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    msg_key: Mapped[str] = mapped_column(String(160), unique=True)
+    sender: Mapped[str] = mapped_column(String(64))
+    reply: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
