@@ -1,0 +1,34 @@
+"""储值卡助手: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from bot.config import Settings, load_settings
+from bot.service import Service
+
+
+def create_app(settings: Settings | dict | None = None, service: Service | None = None) -> Flask:
+    """Build the web app (WeCom callback, health) and register the CLI commands."""
+    if service is None:
+        if not isinstance(settings, Settings):
+            settings = load_settings(settings)
+        service = Service(settings)
+    app = Flask(__name__, instance_relative_config=False)
+    app.config["SECRET_KEY"] = service.settings.secret_key
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # WeCom callbacks are a few KB at most
+    app.extensions["czk"] = service
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from bot.cli import register_cli
+    from bot.web import web
+
+    app.register_blueprint(web)
+    if service.settings.wecom_enabled:
+        from bot.wecom import wecom
+
+        app.register_blueprint(wecom)
+    register_cli(app)
+    return app

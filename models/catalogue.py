@@ -187,7 +187,16 @@ def _point_from(raw: dict) -> ScorePoint:
     levels = tuple((str(label), float(score)) for label, score in raw.get("levels", ()))
     if kind == "level" and not levels:
         raise CatalogueError(f"{code}: level 类采分点需要 levels")
-    derived = raw.get("derived")
+    direction = raw.get("direction", "up")
+    if direction not in ("up", "down"):
+        raise CatalogueError(f"{code}: direction={direction!r} 只能是 up 或 down")
+    try:
+        lo, hi = (float(x) for x in raw.get("range", (0, 100)))
+    except (TypeError, ValueError):
+        raise CatalogueError(f"{code}: range 必须是 [最小值, 最大值]") from None
+    if kind in ("rate", "score") and not lo < hi:
+        raise CatalogueError(f"{code}: range 的最小值必须小于最大值")
+    derived = _derivation_from(code, raw.get("derived"))
     return ScorePoint(
         code=need("code"),
         no=int(need("no")),
@@ -198,15 +207,36 @@ def _point_from(raw: dict) -> ScorePoint:
         period=need("period", PERIODS),
         recorders=recorders,
         aliases=tuple(raw.get("aliases", ())),
-        range=tuple(float(x) for x in raw.get("range", (0, 100))),
+        range=(lo, hi),
         levels=levels,
         sensitive=bool(raw.get("sensitive", False)),
-        direction=raw.get("direction", "up"),
+        direction=direction,
         per_unit=float(raw.get("per_unit", 10)),
         weight=float(raw.get("weight", 1)),
-        derived=Derivation(**derived) if derived else None,
+        derived=derived,
         table_note=raw.get("table_note"),
     )
+
+
+def _derivation_from(code: str, raw: dict | None) -> Derivation | None:
+    """A `derived` table, checked: an unknown op or comparison must not pass silently."""
+    if not raw:
+        return None
+    try:
+        rule = Derivation(**raw)
+    except TypeError:
+        raise CatalogueError(f"{code}: derived 只能有 op、of、where") from None
+    if rule.op not in ("mean", "sum", "share"):
+        raise CatalogueError(f"{code}: derived.op={rule.op!r} 只能是 mean、sum 或 share")
+    if rule.where is not None:
+        op, _, limit = rule.where.partition(" ")
+        try:
+            float(limit)
+        except ValueError:
+            op = ""
+        if op not in _COMPARATORS:
+            raise CatalogueError(f"{code}: derived.where={rule.where!r} 应形如 \">= 1\"")
+    return rule
 
 
 def parse_catalogue(data: dict) -> Catalogue:

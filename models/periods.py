@@ -68,19 +68,48 @@ class Calendar:
         self.terms = sorted(terms or [], key=lambda t: t.start)
 
     def term_for(self, d: date) -> Term:
-        """The semester a day belongs to; a vacation day belongs to the semester before it."""
-        before = None
+        """The semester a day belongs to; a vacation day belongs to the semester before it.
+
+        A day the 校历 does not cover (before its first semester, after its last one, or in
+        a gap where a semester is missing) follows the default rule, so a new academic
+        year that has not been configured yet is not filed under the last configured one.
+        """
+        before = after = None
         for t in self.terms:
             if t.contains(d):
                 return t
             if t.start <= d:
                 before = t
-        if before is not None and (d - before.end).days < 200:
-            return before
-        return default_term(d)
+            elif after is None:
+                after = t
+        fallback = default_term(d)
+        if before is None:
+            return fallback
+        if fallback.key == before.key or (after is not None and _successive(before, after)):
+            return before  # a vacation
+        end = fallback.end if after is None else min(fallback.end, after.start - timedelta(days=1))
+        return Term(fallback.year, fallback.term, max(fallback.start, before.end + timedelta(days=1)), end)
 
     def previous_term(self, term: Term) -> Term:
         return self.term_for(term.start - timedelta(days=1))
+
+    def next_term(self, term: Term) -> Term:
+        """The semester after `term` (the vacation after `term` still belongs to `term`)."""
+        for t in self.terms:
+            if t.start > term.end:
+                return t
+        day = term.end + timedelta(days=1)
+        nxt = default_term(day)
+        if nxt.key == term.key:
+            nxt = default_term(nxt.end + timedelta(days=1))
+        return Term(nxt.year, nxt.term, max(nxt.start, day), nxt.end)
+
+
+def _successive(a: Term, b: Term) -> bool:
+    """Is `b` the semester right after `a` (so the days between them are a vacation)?"""
+    if a.term == 1:
+        return b.term == 2 and b.year == a.year
+    return b.term == 1 and int(b.year[:4]) == int(a.year[:4]) + 1
 
 
 def week_key(d: date) -> str:
@@ -109,8 +138,9 @@ def unit_bounds(unit: str, d: date, cal: Calendar) -> tuple[date, date]:
     if unit == "semester":
         return term.start, term.end
     first = term if term.term == 1 else cal.previous_term(term)
-    second = cal.term_for(first.end + timedelta(days=1))
-    return first.start, second.end if second.year == first.year else first.end
+    second = term if term.term == 2 else cal.next_term(term)
+    return (first.start if first.year == term.year else term.start,
+            second.end if second.year == term.year else term.end)
 
 
 def period_key(period: str, d: date, cal: Calendar) -> str:
@@ -160,8 +190,9 @@ def place(period: str, today: date, cal: Calendar, previous: str | None = None,
                 f"该采分点按{UNIT_WORDS[unit]}记录，不能用“上{UNIT_WORDS[previous]}”")
         start, _end = unit_bounds(unit, today, cal)
         day = start - timedelta(days=1)
-        _pstart, pend = unit_bounds(unit, day, cal)
-        deadline = pend + timedelta(days=GRACE_DAYS[unit])
+        # The period just ended runs up to the day before the current one begins (a
+        # vacation belongs to the semester before it), so the grace window counts from there.
+        deadline = day + timedelta(days=GRACE_DAYS[unit])
         if today > deadline:
             raise PeriodError(
                 f"上{UNIT_WORDS[unit]}的补录期已过（截至{deadline.month}月{deadline.day}日）")

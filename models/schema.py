@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -23,7 +23,7 @@ from models.db import Base
 
 def utcnow() -> datetime:
     """Timezone-aware now, in UTC (stored as such)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Department(Base):

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from bot.config import ROOT
+from models import schema  # noqa: F401  (registers the tables)
 from models.catalogue import load_catalogue
 from models.db import Base, make_engine, make_sessionmaker
-from models import schema  # noqa: F401  (registers the tables)
 
 CATALOGUE = ROOT / "models" / "catalogue.toml"
 

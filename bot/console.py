@@ -1,0 +1,71 @@
+"""The console channel: the same conversation in a terminal, scriptable from stdin."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import uuid
+from typing import TextIO
+
+from bot.messages import IncomingMessage
+from bot.pipeline import handle_message
+from bot.service import Service
+
+PROMPT = "> "
+
+
+def _who(service: Service) -> str:
+    from models.demo import demo_people
+
+    with service.sessions() as session:
+        people = demo_people(session)
+    if not people:
+        return "名册里还没有人。先运行 python -m bot demo 或 roster import。"
+    return "\n".join(f"{uid:<14} {name} · {desc}" for uid, name, desc in people)
+
+
+def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    """Read messages (a line each; end a line with \\ to continue it) and print the replies."""
+    interactive = stdin.isatty()
+    session_id = uuid.uuid4().hex[:8]
+    counter = itertools.count(1)
+    if interactive:
+        print(f"储值卡助手 · 控制台（当前身份：{userid}）。/as 账号 切换身份，/who 查看演示人员，/quit 退出。",
+              file=stdout)
+    buffer: list[str] = []
+    while True:
+        if interactive:
+            print(PROMPT if not buffer else "… ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if line.endswith("\\"):
+            buffer.append(line[:-1])
+            continue
+        text = "\n".join([*buffer, line])
+        buffer = []
+        stripped = text.strip()
+        if not stripped:
+            continue
+        if stripped in ("/quit", "/exit"):
+            break
+        if stripped == "/who":
+            print(_who(service), file=stdout)
+            continue
+        if stripped.startswith("/as"):
+            new = stripped[3:].strip()
+            if new:
+                userid = new
+                print(f"已切换为 {userid}", file=stdout)
+            else:
+                print("用法：/as 账号", file=stdout)
+            continue
+        msg = IncomingMessage("console", userid, text, msg_key=f"{session_id}-{next(counter)}")
+        reply = handle_message(service, msg)
+        if reply.text:
+            print(reply.text, file=stdout)
+        if not interactive:
+            print(file=stdout)
+        stdout.flush()
+    return 0

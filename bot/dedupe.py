@@ -1,0 +1,84 @@
+"""At-most-once claims on inbound message ids: Redis when configured, memory otherwise.
+
+The database's unique constraint on processed_message.msg_key stands behind this,
+so a Redis outage can cost speed but never a doubled record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL = 3 * 24 * 3600  # WeChat retries within seconds; three days is ample.
+
+
+class MemoryDedupe:
+    """Single-process fallback when REDIS_URL is unset."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """True if this process sees `key` for the first time."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) > 100_000:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < CLAIM_TTL}
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            return True
+
+    def release(self, key: str) -> None:
+        """Forget a claim whose handling failed, so WeChat's retry is handled."""
+        with self._lock:
+            self._seen.pop(key, None)
+
+
+class RedisDedupe:
+    """SET NX in Redis, shared by every worker; fails open (to the database) when Redis is down."""
+
+    def __init__(self, url: str, prefix: str = "czk:msg:") -> None:
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.3)
+        self.prefix = prefix
+        self._down_until = 0.0
+
+    def _usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _trip(self, exc: Exception) -> None:
+        log.warning("Redis unavailable for dedupe (%s); relying on the database for 5 s", exc)
+        self._down_until = time.monotonic() + 5
+
+    def claim(self, key: str) -> bool:
+        """True if no worker has claimed `key` yet (or Redis is down: the database decides)."""
+        if not self._usable():
+            return True
+        try:
+            return bool(self.client.set(self.prefix + key, "1", nx=True, ex=CLAIM_TTL))
+        except redis.RedisError as exc:
+            self._trip(exc)
+            return True
+
+    def release(self, key: str) -> None:
+        """Drop a claim whose handling failed."""
+        if not self._usable():
+            return
+        try:
+            self.client.delete(self.prefix + key)
+        except redis.RedisError as exc:
+            self._trip(exc)
+
+
+def make_dedupe(redis_url: str | None) -> MemoryDedupe | RedisDedupe:
+    """Redis when configured; otherwise the in-memory fallback, with a warning."""
+    if redis_url:
+        return RedisDedupe(redis_url)
+    log.warning("REDIS_URL is unset: message dedupe is per process (fine for one process only)")
+    return MemoryDedupe()

@@ -1,0 +1,84 @@
+"""The inbound road every channel takes: dedupe, identify the sender, dispatch, commit, reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+import handlers  # noqa: F401  (registers every command)
+from bot.messages import IncomingMessage, Reply
+from bot.service import Service
+from bot.templating import render
+from handlers.registry import Context, clean_text, registry
+from models.authz import load_actor
+from models.schema import ProcessedMessage
+
+log = logging.getLogger(__name__)
+
+# A retry that arrives while the first delivery is still being handled waits this
+# long for the first one's reply (WeChat gives each attempt 5 s).
+TWIN_WAIT_S = 4.0
+
+
+def _stored_reply(service: Service, key: str) -> str | None:
+    with service.sessions() as session:
+        return session.scalar(select(ProcessedMessage.reply).where(ProcessedMessage.msg_key == key))
+
+
+def _await_twin(service: Service, key: str) -> Reply:
+    deadline = time.monotonic() + TWIN_WAIT_S
+    while True:
+        stored = _stored_reply(service, key)
+        if stored is not None or time.monotonic() >= deadline:
+            return Reply(stored or "")
+        time.sleep(0.05)
+
+
+def handle_message(service: Service, msg: IncomingMessage) -> Reply:
+    """Handle one inbound message at most once and return the reply to send back."""
+    key = f"{msg.channel}:{msg.msg_key}" if msg.msg_key else None
+    if key and not service.dedupe.claim(key):
+        return _await_twin(service, key)
+    try:
+        with service.sessions() as session:
+            reply = _dispatch(service, session, msg)
+            if key:
+                session.add(ProcessedMessage(msg_key=key, sender=msg.sender, reply=reply.text))
+            session.commit()
+            return reply
+    except IntegrityError:
+        # The same message committed by another worker while Redis was unavailable.
+        if key:
+            stored = _stored_reply(service, key)
+            if stored is not None:
+                return Reply(stored)
+        log.exception("integrity error handling %s", key)
+    except Exception:
+        log.exception("error handling message %s from %s", key, msg.sender)
+    if key:
+        service.dedupe.release(key)
+    return Reply(render("chat/error.txt"))
+
+
+def _dispatch(service: Service, session, msg: IncomingMessage) -> Reply:  # noqa: ANN001
+    if msg.kind != "text":
+        return Reply(render("chat/not_text.txt"))
+    actor = load_actor(session, msg.sender)
+    if actor is None:
+        return Reply(render("chat/unknown_sender.txt", userid=msg.sender))
+    text = clean_text(msg.text)
+    if not text:
+        return Reply(render("chat/empty.txt"))
+    ctx = Context(session=session, actor=actor, catalogue=service.catalogue,
+                  today=service.today(), msg=msg)
+    found = registry.resolve(text)
+    if found is not None:
+        cmd, args = found
+        if not cmd.admits(actor):
+            return Reply(render("chat/not_allowed.txt", command=cmd.names[0], actor=actor))
+        return cmd.handler(msg, args, ctx)
+    assert registry.fallback is not None
+    return registry.fallback(msg, text, ctx)

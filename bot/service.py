@@ -1,0 +1,33 @@
+"""The running service: settings, database, catalogue, dedupe and clock, built once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from bot.config import Settings, load_settings
+from bot.dedupe import make_dedupe
+from models.catalogue import Catalogue, load_catalogue
+from models.db import make_engine, make_sessionmaker
+
+
+class Service:
+    """Everything a channel needs to handle a message."""
+
+    def __init__(self, settings: Settings | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.tz = ZoneInfo(self.settings.timezone)
+        self.engine = make_engine(self.settings.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.catalogue: Catalogue = load_catalogue(self.settings.catalogue_path)
+        self.dedupe = make_dedupe(self.settings.redis_url)
+        self._clock = clock
+
+    def now(self) -> datetime:
+        """Now in APP_TIMEZONE (tests may fix the clock)."""
+        return self._clock() if self._clock else datetime.now(self.tz)
+
+    def today(self) -> date:
+        return self.now().date()

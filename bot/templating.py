@@ -1,0 +1,40 @@
+"""Every sentence a user reads lives in templates/; this renders them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from bot.config import ROOT
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.1f}"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    """The Jinja2 environment over templates/ (plain text: no autoescape)."""
+    env = Environment(
+        loader=FileSystemLoader(ROOT / "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        undefined=StrictUndefined,
+        autoescape=False,
+    )
+    env.filters["signed"] = _signed
+    env.filters["num"] = _num
+    return env
+
+
+def render(name: str, **context: object) -> str:
+    """Render templates/<name> and trim the surrounding blank space."""
+    return environment().get_template(name).render(**context).strip()

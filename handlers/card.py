@@ -1,0 +1,110 @@
+"""储值卡 and 班级卡: a card within the sender's scope."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.messages import IncomingMessage, Reply
+from bot.templating import render
+from handlers.registry import Context, registry
+from models.authz import View, class_view, student_view, viewable_classes
+from models.catalogue import DOMAINS
+from models.periods import UNIT_OF_PERIOD
+from models.schema import SchoolClass, Staff, Student
+from models.scores import class_card, student_card
+
+
+def _find_student(ctx: Context, token: str) -> Student | list[Student] | None:
+    """A student by 学号 or name among those the sender may see (a list when ambiguous)."""
+    scope = viewable_classes(ctx.actor)
+    by_no = ctx.session.scalar(select(Student).where(Student.student_no == token))
+    if by_no is not None:
+        return by_no
+    query = select(Student).where(Student.name == token)
+    if scope is not None:
+        query = query.where(Student.class_id.in_(scope))
+    found = ctx.session.scalars(query.order_by(Student.student_no)).all()
+    if len(found) == 1:
+        return found[0]
+    return list(found) or None
+
+
+def render_student_card(ctx: Context, student: Student, view: View) -> str:
+    """The card as the viewer may see it."""
+    card, latest = student_card(ctx.session, ctx.catalogue, ctx.calendar, student.id, ctx.today,
+                                view.shows)
+    term = ctx.calendar.term_for(ctx.today)
+    recorders = {s.id: s.name for s in ctx.session.scalars(
+        select(Staff).where(Staff.id.in_({e.recorder_id for e in latest if e.recorder_id})))}
+    latest_lines = [
+        f"{e.occurred_on:%m-%d} {ctx.catalogue.by_code[e.point_code].short} "
+        f"{ctx.catalogue.by_code[e.point_code].display_value(e.value)}"
+        + (f"（{recorders[e.recorder_id]}）" if e.recorder_id in recorders else "")
+        for e in latest
+    ]
+    return render(
+        "chat/card.txt", title=f"{student.name}（{student.school_class.name}）储值卡", term=term.label,
+        card=card, domains=[d for d in card.domains if d.domain in view.domains],
+        full=view.domains == frozenset(DOMAINS), compare=_compare_word(ctx),
+        latest=latest_lines, line_detail=_line_detail,
+    )
+
+
+def _compare_word(ctx: Context) -> str:
+    return "较上月" if ctx.catalogue.formula.compare == "month" else "较上周"
+
+
+def _line_detail(line) -> str:  # noqa: ANN001 - a CardLine
+    point, pv = line.point, line.value
+    shown = point.display_value(pv.value)
+    if point.is_observation:
+        return f"{shown}（{pv.periods}次课均值）"
+    if point.kind == "count" or pv.periods <= 1:
+        return shown
+    unit = "周" if UNIT_OF_PERIOD[point.period] == "week" else "个月"
+    return f"{shown}（{pv.periods}{unit}均值）"
+
+
+@registry.command("储值卡", "我的储值卡", "成长卡", "我的成长卡", summary="储值卡 [学生]：查看储值卡")
+def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """A student's own card, or (for staff) a student's card within scope."""
+    actor = ctx.actor
+    if not args:
+        if actor.is_student:
+            student = ctx.session.get(Student, actor.student_id)
+            return Reply(render_student_card(ctx, student, student_view(actor, student.id, student.class_id)))
+        return Reply(render("chat/card_usage.txt"))
+    if actor.is_student:
+        return Reply(render("chat/card_students_own.txt"))
+    found = _find_student(ctx, args.split()[0])
+    if found is None:
+        return Reply(render("chat/student_not_found.txt", token=args.split()[0]))
+    if isinstance(found, list):
+        return Reply(render("chat/student_ambiguous.txt", token=args.split()[0], students=found))
+    view = student_view(actor, found.id, found.class_id)
+    if not view.domains:
+        return Reply(render("chat/card_out_of_scope.txt", name=found.name, actor=actor))
+    return Reply(render_student_card(ctx, found, view))
+
+
+@registry.command("班级卡", audience="staff", summary="班级卡 <班级>：查看班级储值卡")
+def class_card_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """A class card (typed and derived class points) within the sender's scope."""
+    if not args:
+        return Reply(render("chat/class_card_usage.txt"))
+    token = args.split()[0]
+    klass = ctx.session.scalar(select(SchoolClass).where(
+        (SchoolClass.code == token) | (SchoolClass.name == token)).limit(1))
+    if klass is None:
+        return Reply(render("chat/class_not_found.txt", token=token))
+    view = class_view(ctx.actor, klass.id)
+    if not view.domains:
+        return Reply(render("chat/class_out_of_scope.txt", name=klass.name))
+    card = class_card(ctx.session, ctx.catalogue, ctx.calendar, klass.id, ctx.today, view.shows)
+    size = len(ctx.session.scalars(select(Student.id).where(Student.class_id == klass.id)).all())
+    return Reply(render(
+        "chat/card.txt", title=f"{klass.name}（{size}人）班级卡", term=ctx.calendar.term_for(ctx.today).label,
+        card=card, domains=[d for d in card.domains if d.domain in view.domains],
+        full=view.domains == frozenset(DOMAINS), compare=_compare_word(ctx), latest=[],
+        line_detail=_line_detail,
+    ))
