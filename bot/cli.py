@@ -79,12 +79,19 @@ def register_cli(app: Flask) -> None:
         click.echo(f"已生成名册模板：{path}")
 
     @app.cli.command("demo")
-    def demo() -> None:
+    @click.option("--skip-if-loaded", is_flag=True, help="exit quietly if the database already has students")
+    def demo(skip_if_loaded: bool) -> None:
         """Load the demo college into the configured database."""
+        from sqlalchemy import select
+
         from models.demo import load_demo
+        from models.schema import Student
 
         service = _service()
         with service.sessions() as session:
+            if skip_if_loaded and session.scalar(select(Student.id).limit(1)) is not None:
+                click.echo("数据库里已有学生，跳过演示数据。")
+                return
             try:
                 report = load_demo(session, service.catalogue, service.today())
             except ValueError as exc:

@@ -35,6 +35,6 @@ def environment() -> Environment:
     return env
 
 
-def render(name: str, **context: object) -> str:
-    """Render templates/<name> and trim the surrounding blank space."""
-    return environment().get_template(name).render(**context).strip()
+def render(template: str, /, **context: object) -> str:
+    """Render templates/<template> and trim the surrounding blank space."""
+    return environment().get_template(template).render(**context).strip()

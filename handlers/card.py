@@ -76,6 +76,8 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
         return Reply(render("chat/card_usage.txt"))
     if actor.is_student:
         return Reply(render("chat/card_students_own.txt"))
+    if viewable_classes(actor) == set():
+        return Reply(render("chat/card_out_of_scope.txt", name=args.split()[0], actor=actor))
     found = _find_student(ctx, args.split()[0])
     if found is None:
         return Reply(render("chat/student_not_found.txt", token=args.split()[0]))

@@ -224,6 +224,7 @@ class LineParser:
 
     def _pairs(self, point: ScorePoint, tokens: list[str], scope: set[int] | None) -> list[tuple[Student, str | None]]:
         """Read `<学生> [<值>] <学生> [<值>] …`, splitting 张三95 into 张三 and 95."""
+        self._ensure_students(scope)
         pairs: list[tuple[Student, str | None]] = []
         i = 0
         while i < len(tokens):
@@ -243,13 +244,22 @@ class LineParser:
                     raise
                 student = self._resolve_student(glued.group(1), scope, point)
                 value = glued.group(2)
-            if value is None and i + 1 < len(tokens) and is_value_token(point, tokens[i + 1]) \
-                    and tokens[i + 1] not in self.roster.students_by_no:
+            if value is None and i + 1 < len(tokens) and self._reads_as_value(point, tokens[i + 1]):
                 value = tokens[i + 1]
                 i += 1
             pairs.append((student, value))
             i += 1
         return pairs
+
+    def _reads_as_value(self, point: ScorePoint, token: str) -> bool:
+        """After a student: a value, unless it names a student (so 张三 也许 reports a bad value)."""
+        if token in self.roster.students_by_no:
+            return False
+        if is_value_token(point, token):
+            return True
+        glued = TRAILING_NUMBER.match(token)
+        names = self.roster.students_by_name
+        return token not in names and not (glued and glued.group(1) in names)
 
     def _whole_class(self, name: str, points: dict[str, ScorePoint], klass: SchoolClass,
                      tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
@@ -284,6 +294,14 @@ class LineParser:
         return point, entries, shown
 
 
+def split_previous_word(line: str) -> tuple[str, str]:
+    """`上周 全勤率 …` → ("上周", "全勤率 …"): the period word may lead the line."""
+    for word in sorted(PREVIOUS_WORDS, key=len, reverse=True):
+        if line.startswith(word):
+            return word, line[len(word):].strip()
+    return "", line
+
+
 def plan_message(ctx: Context, text: str) -> list[LinePlan]:
     """Check every line; each plan has entries or an error."""
     roster = Roster.load(ctx)
@@ -292,10 +310,11 @@ def plan_message(ctx: Context, text: str) -> list[LinePlan]:
     last: tuple[str, dict[str, ScorePoint]] | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         plan = LinePlan(number, line)
-        match = ctx.catalogue.match_prefix(line)
+        previous_word, line_body = split_previous_word(line)
+        match = ctx.catalogue.match_prefix(line_body)
         if match is not None:
             name, points = match
-            rest = line[len(name):]
+            rest = f"{previous_word} {line_body[len(name):]}"
             last = match
         elif last is not None:
             name, points = last  # a continuation line: same point as the line above
@@ -314,7 +333,7 @@ def plan_message(ctx: Context, text: str) -> list[LinePlan]:
 
 def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
     """The fallback handler: a message that starts with a point name records it."""
-    if ctx.catalogue.match_prefix(text) is None:
+    if ctx.catalogue.match_prefix(split_previous_word(text)[1]) is None:
         return Reply(render("chat/unknown_command.txt", text=text.splitlines()[0][:20]))
     if not ctx.actor.is_staff:
         return Reply(render("chat/student_cannot_record.txt"))
