@@ -180,35 +180,37 @@ def sheet_name_of(raw: str) -> str | None:
     return SHEET_NAMES.get(_header_key(raw))
 
 
-def _build_sheet(name: str, rows: Iterable[tuple[int, list[Any]]]) -> Sheet:
-    """Turn raw rows (row number, cell values) into a Sheet: find the header, map the columns."""
+def _build_sheet(name: str, rows: Iterable[tuple[int, list[Any]]]) -> Sheet | None:
+    """Turn raw rows (row number, cell values) into a Sheet; None for a sheet with nothing in it.
+
+    The header is the first non-empty row naming a known column (a title row or two above it
+    is tolerated); failing that, the first non-empty row.
+    """
     mapping = HEADER_MAPS[name]
-    sheet = Sheet(name)
+    sheet: Sheet | None = None
     columns: dict[int, str] | None = None
-    skipped = 0
+    scanned = 0
     for number, cells in rows:
         texts = [cell_text(c) for c in cells]
         if not any(texts):
             continue
+        if sheet is None:
+            sheet = Sheet(name, header_row=number)
         if columns is None:
             found = {i: mapping[_header_key(t)] for i, t in enumerate(texts) if _header_key(t) in mapping}
-            if not found and skipped + 1 < HEADER_SCAN_ROWS:
-                skipped += 1
-                if skipped == 1:
-                    sheet.header_row = number
-                continue
+            scanned += 1
             if not found:
-                sheet.header_row = sheet.header_row or number
-                columns = {}
+                if scanned >= HEADER_SCAN_ROWS:
+                    columns = {}  # no header at all: every required column is reported missing
                 continue
             sheet.header_row = number
             columns = {}
-            for i, col in found.items():
+            for i, col in sorted(found.items()):
                 if col in columns.values():
                     sheet.errors.append((number, col, "列重复"))
-                    continue
-                columns[i] = col
-            sheet.headers = [columns[i] for i in sorted(columns)]
+                else:
+                    columns[i] = col
+            sheet.headers = list(columns.values())
             continue
         values = {col: (texts[i] if i < len(texts) else "") for i, col in columns.items()}
         for col, text in values.items():
@@ -233,11 +235,14 @@ def _read_xlsx(path: Path) -> dict[str, Sheet]:
             name = sheet_name_of(ws.title)
             if name is None:
                 continue
+            rows = ((i, list(r)) for i, r in enumerate(ws.iter_rows(values_only=True), start=1))
+            sheet = _build_sheet(name, rows)
+            if sheet is None:
+                continue  # an empty sheet is as good as an absent one
             if name in out:
                 errors.append(f"{name}：工作表重复（“{ws.title}”）")
                 continue
-            rows = ((i, list(r)) for i, r in enumerate(ws.iter_rows(values_only=True), start=1))
-            out[name] = _build_sheet(name, rows)
+            out[name] = sheet
         if errors:
             raise RosterError(errors)
         return out
@@ -268,15 +273,20 @@ def _read_csv_files(files: list[Path]) -> dict[str, Sheet]:
         name = sheet_name_of(f.stem)
         if name is None:
             continue
+        try:
+            sheet = _build_sheet(name, _csv_rows(f))
+        except RosterError as exc:
+            errors.extend(exc.errors)
+            continue
+        except csv.Error as exc:
+            errors.append(f"{f.name}：CSV 格式错误：{exc}")
+            continue
+        if sheet is None:
+            continue
         if name in out:
             errors.append(f"{name}：工作表重复（“{f.name}”）")
             continue
-        try:
-            out[name] = _build_sheet(name, _csv_rows(f))
-        except RosterError as exc:
-            errors.extend(exc.errors)
-        except csv.Error as exc:
-            errors.append(f"{f.name}：CSV 格式错误：{exc}")
+        out[name] = sheet
     if errors:
         raise RosterError(errors)
     return out
@@ -284,7 +294,11 @@ def _read_csv_files(files: list[Path]) -> dict[str, Sheet]:
 
 def read_roster(path: str | Path) -> dict[str, list[dict[str, str]]]:
     """Read an .xlsx workbook or a folder of .csv files into sheet -> rows (each a `Row`)."""
-    p = Path(path)
+    return dict(_read(Path(path)))
+
+
+def _read(p: Path) -> dict[str, Sheet]:
+    """Sheets by canonical name; other sheets, and sheets with nothing in them, are left out."""
     if p.is_dir():
         return _read_csv_files([f for f in p.iterdir() if f.suffix.lower() == ".csv" and f.is_file()])
     if not p.exists():
@@ -437,6 +451,7 @@ class _Checker:
                 if limit and len(text) > limit:
                     self.error(spec.name, row.row, col, f"{_q(text)}超过{limit}个字符")
                     ok = False
+                    values[col] = None
                     continue
                 parsed, problem = self._parse(spec.name, col, text)
                 if problem:
@@ -528,20 +543,23 @@ class _Checker:
                     rec.values["_bad"] = True
 
     def _wecom(self) -> None:
-        """One 企业微信账号, one person: staff and students share it, file and database alike."""
-        owners: dict[str, dict[tuple[str, str], tuple[str, int | None]]] = {}
+        """One 企业微信账号, one person: staff and students share it, file and database alike.
+
+        WeCom ignores case when it checks userids for uniqueness, so this does too.
+        """
+        # account (lower case) -> person (sheet, key) -> (name, file row or None, account as written)
+        owners: dict[str, dict[tuple[str, str], tuple[str, int | None, str]]] = {}
 
         def claim(userid: str, who: tuple[str, str], name: str, row: int | None) -> None:
-            owners.setdefault(userid.lower(), {}).setdefault(who, (name, row))
+            owners.setdefault(userid.lower(), {}).setdefault(who, (name, row, userid))
 
         in_file: dict[str, set[str]] = {STAFF: set(), STUDENT: set()}
         for sheet, key_col in ((STAFF, "工号"), (STUDENT, "学号")):
-            if sheet in self.broken or "企业微信账号" not in self.sheets.get(sheet, Sheet(sheet)).headers:
+            if sheet not in self.sheets or sheet in self.broken or \
+                    "企业微信账号" not in self.sheets[sheet].headers:
                 continue
-            for rec in self.recs.get(sheet, []):
-                key = rec.values.get(key_col)
-                if key is None:
-                    continue
+            for rec in self.recs[sheet]:
+                key = rec.values[key_col]
                 in_file[sheet].add(key)
                 if rec.values.get("企业微信账号"):
                     claim(rec.values["企业微信账号"], (sheet, key), rec.values.get("姓名") or "", rec.row)
@@ -554,18 +572,17 @@ class _Checker:
         for claims in owners.values():
             if len(claims) < 2:
                 continue
-            for (sheet, _key), (_name, row) in claims.items():
+            for who, (_name, row, userid) in claims.items():
                 if row is None:
                     continue
                 others = []
-                for (o_sheet, o_key), (o_name, o_row) in claims.items():
-                    if (o_sheet, o_key) == (sheet, _key):
+                for (o_sheet, o_key), (o_name, o_row, _u) in claims.items():
+                    if (o_sheet, o_key) == who:
                         continue
                     where = f"{o_sheet} 第{o_row}行" if o_row is not None else "数据库中已有"
                     label = "工号" if o_sheet == STAFF else "学号"
                     others.append(f"{o_sheet}{o_name}（{label}{o_key}，{where}）")
-                userid = next(r.values["企业微信账号"] for r in self.recs[sheet] if r.row == row)
-                self.error(sheet, row, "企业微信账号", f"{_q(userid)}已被{'、'.join(others)}使用")
+                self.error(who[0], row, "企业微信账号", f"{_q(userid)}已被{'、'.join(others)}使用")
 
     def _semesters(self) -> None:
         """Each semester ends on or after its start, and no two semesters overlap."""
@@ -620,6 +637,7 @@ class _Writer:
         self.session = checker.session
         self.report = ImportReport({name: {NEW: 0, UPDATED: 0, SAME: 0}
                                     for name in WRITE_ORDER if name in checker.sheets})
+        self.released: set[int] = set()  # id() of rows whose 企业微信账号 was unset first
 
     def count(self, sheet: str, outcome: str) -> None:
         self.report.counts[sheet][outcome] += 1
@@ -627,20 +645,23 @@ class _Writer:
     def has(self, sheet: str, col: str) -> bool:
         return col in self.c.sheets[sheet].headers
 
-    def upsert(self, sheet: str, existing: object | None, make: type, fields: dict[str, Any]) -> object:
+    def upsert(self, sheet: str, existing: Any, make: type, fields: dict[str, Any]) -> Any:  # noqa: ANN401
         if existing is None:
             obj = make(**fields)
             self.session.add(obj)
             self.count(sheet, NEW)
             return obj
-        self.count(sheet, UPDATED if _set(existing, fields) else SAME)
+        changed = _set(existing, fields) or id(existing) in self.released
+        self.count(sheet, UPDATED if changed else SAME)
         return existing
 
     def run(self) -> ImportReport:
         self._release_wecom()
+        steps = {DEPT: self._departments, STAFF: self._staff, CLASS: self._classes,
+                 STUDENT: self._students, TEACH: self._teaching, CAL: self._calendar}
         for sheet in WRITE_ORDER:
             if sheet in self.c.sheets:
-                getattr(self, f"_write_{WRITE_ORDER.index(sheet)}")()
+                steps[sheet]()
                 self.session.flush()
         return self.report
 
@@ -654,11 +675,12 @@ class _Writer:
                 obj = db.get(rec.values[key_col])
                 if obj is not None and obj.wecom_userid and obj.wecom_userid != rec.values["企业微信账号"]:
                     obj.wecom_userid = None
+                    self.released.add(id(obj))
                     released = True
         if released:
             self.session.flush()
 
-    def _write_0(self) -> None:  # 系部
+    def _departments(self) -> None:
         for rec in self.c.recs[DEPT]:
             v = rec.values
             fields: dict[str, Any] = {"name": v["系部名称"]}
@@ -667,7 +689,7 @@ class _Writer:
             self.c.db_depts[v["系部名称"]] = self.upsert(
                 DEPT, self.c.db_depts.get(v["系部名称"]), Department, fields)
 
-    def _write_1(self) -> None:  # 教职工
+    def _staff(self) -> None:
         depts = self.c.db_depts
         for rec in self.c.recs[STAFF]:
             v = rec.values
@@ -683,7 +705,7 @@ class _Writer:
                 fields.setdefault("roles", "")
             self.c.db_staff[v["工号"]] = self.upsert(STAFF, existing, Staff, fields)
 
-    def _write_2(self) -> None:  # 班级
+    def _classes(self) -> None:
         staff, depts = self.c.db_staff, self.c.db_depts
         for rec in self.c.recs[CLASS]:
             v = rec.values
@@ -697,7 +719,7 @@ class _Writer:
             self.c.db_classes[v["班级编号"]] = self.upsert(
                 CLASS, self.c.db_classes.get(v["班级编号"]), SchoolClass, fields)
 
-    def _write_3(self) -> None:  # 学生
+    def _students(self) -> None:
         classes = self.c.db_classes
         for rec in self.c.recs[STUDENT]:
             v = rec.values
@@ -708,7 +730,7 @@ class _Writer:
             self.c.db_students[v["学号"]] = self.upsert(
                 STUDENT, self.c.db_students.get(v["学号"]), Student, fields)
 
-    def _write_4(self) -> None:  # 任课
+    def _teaching(self) -> None:
         existing = {(a.staff_id, a.class_id, a.course): a
                     for a in self.session.scalars(select(TeachingAssignment))}
         for rec in self.c.recs[TEACH]:
@@ -717,7 +739,7 @@ class _Writer:
             fields = {"staff_id": key[0], "class_id": key[1], "course": key[2]}
             existing[key] = self.upsert(TEACH, existing.get(key), TeachingAssignment, fields)
 
-    def _write_5(self) -> None:  # 校历
+    def _calendar(self) -> None:
         for rec in self.c.recs[CAL]:
             v = rec.values
             key = (v["学年"], v["学期"])
@@ -727,8 +749,7 @@ class _Writer:
 
 def import_roster(session: Session, path: str | Path) -> ImportReport:
     """Check the whole roster file, then upsert it; raise RosterError (writing nothing) on any error."""
-    sheets = read_roster(path)
-    checker = _Checker(session, sheets)  # type: ignore[arg-type]
+    checker = _Checker(session, _read(Path(path)))
     checker.run()
     if checker.errors:
         raise RosterError(checker.messages())
