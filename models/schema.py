@@ -185,3 +185,95 @@ class ProcessedMessage(Base):
     sender: Mapped[str] = mapped_column(String(64))
     reply: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutboxMessage(Base):
+    """An outbound message: a row first, delivered later, never twice for the same key."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(16), default="wecom")
+    purpose: Mapped[str] = mapped_column(String(48))
+    period_key: Mapped[str] = mapped_column(String(48))
+    # recipient + purpose + period: a job that runs twice sends once.
+    idem_key: Mapped[str] = mapped_column(String(200), unique=True)
+    msgtype: Mapped[str] = mapped_column(String(16), default="text")
+    title: Mapped[str | None] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The WeCom call that carried it (several rows share one bundled or batched call).
+    delivery_ref: Mapped[str | None] = mapped_column(String(64))
+
+
+class JobRun(Base):
+    """One run of a scheduled job (by the scheduler or `jobs run`), for `jobs list`."""
+
+    __tablename__ = "job_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(48), index=True)
+    as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|error
+    result: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(128))
+
+
+class Lease(Base):
+    """A named lease held by one process (the scheduler's): renewed while alive, taken over when it lapses."""
+
+    __tablename__ = "lease"
+
+    name: Mapped[str] = mapped_column(String(48), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PlanTask(Base):
+    """A task of the 任务分解表 (plan cycle), with owner (负责人) and supervisor (督办人)."""
+
+    __tablename__ = "plan_task"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)  # 编号
+    title: Mapped[str] = mapped_column(Text)
+    level: Mapped[str | None] = mapped_column(String(32))  # 层面
+    owner_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    supervisor_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"), index=True)
+    start: Mapped[date | None] = mapped_column(Date)
+    due: Mapped[date] = mapped_column(Date)
+    cycle: Mapped[int] = mapped_column(Integer)  # the plan year (事前 March … 事后 January)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    achievement: Mapped[int | None] = mapped_column(Integer)  # 达成度 reported in 事后
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|done
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text)
+    carried_from_id: Mapped[int | None] = mapped_column(ForeignKey("plan_task.id"))  # 整改清单
+
+    owner: Mapped[Staff] = relationship(foreign_keys=[owner_id])
+    supervisor: Mapped[Staff | None] = relationship(foreign_keys=[supervisor_id])
+
+
+class PlanTaskUpdate(Base):
+    """Progress reported on a task (进度 / 完成 / 达成度), kept as history."""
+
+    __tablename__ = "plan_task_update"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("plan_task.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # progress|done|achievement
+    value: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
