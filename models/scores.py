@@ -41,19 +41,29 @@ def _subject_key(e: ScoreEntry | PlannedEntry) -> str:
     return f"{who}/{code}/{e.period_key}"
 
 
-def _current(session: Session, p: PlannedEntry) -> ScoreEntry | None:
-    """The live entry a replacing record supersedes (None for count and observation points)."""
-    if p.point.accumulates or p.point.is_observation:
-        return None
-    subject = (ScoreEntry.student_id == p.student_id) if p.student_id else (
-        ScoreEntry.class_id == p.class_id)
-    return session.scalar(
-        select(ScoreEntry)
-        .where(subject, ScoreEntry.point_code == p.point.code, ScoreEntry.period_key == p.period_key,
-               ScoreEntry.revoked_at.is_(None))
-        .order_by(ScoreEntry.id.desc())
-        .limit(1)
-    )
+def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, ScoreEntry]:
+    """The live entries that replacing records supersede, by subject key: one query per point and period.
+
+    Count and observation points add rather than replace, so they supersede nothing.
+    """
+    groups: dict[tuple[str, str, str], list[PlannedEntry]] = {}
+    for p in planned:
+        if not (p.point.accumulates or p.point.is_observation):
+            groups.setdefault((p.point.code, p.period_key, p.semester_key), []).append(p)
+    found: dict[str, ScoreEntry] = {}
+    for (code, period, semester), group in groups.items():
+        students = [p.student_id for p in group if p.student_id]
+        classes = [p.class_id for p in group if not p.student_id]
+        subject = or_(ScoreEntry.student_id.in_(students), ScoreEntry.class_id.in_(classes))
+        rows = session.scalars(
+            select(ScoreEntry)
+            .where(subject, ScoreEntry.point_code == code, ScoreEntry.period_key == period,
+                   ScoreEntry.semester_key == semester, ScoreEntry.revoked_at.is_(None))
+            .order_by(ScoreEntry.id)
+        )
+        for row in rows:
+            found[_subject_key(row)] = row  # ascending ids: the newest wins
+    return found
 
 
 def record_entries(session: Session, actor_name: str, recorder_id: int | None,
@@ -66,9 +76,10 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
     batch = RecordingBatch(recorder_id=recorder_id, source=source, source_msg=source_msg, text=text)
     session.add(batch)
     session.flush()
+    superseded = _superseded(session, planned)
     rows = []
     for p in planned:
-        previous = _current(session, p)
+        previous = superseded.get(_subject_key(p))
         row = ScoreEntry(
             point_code=p.point.code, student_id=p.student_id, class_id=p.class_id,
             period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on,
@@ -149,14 +160,15 @@ def student_card(session: Session, catalogue: Catalogue, cal: Calendar, student_
             _entry_query(prev_term).where(ScoreEntry.student_id == student_id)).all()
         before = point_values(catalogue, [_to_entry(r) for r in prev_rows])
     with_previous(card, build_card(catalogue, before, visible, points))
+    shown = [p.code for p in points if visible(p)]
     latest = session.scalars(
         select(ScoreEntry)
-        .where(ScoreEntry.student_id == student_id, ScoreEntry.revoked_at.is_(None))
-        .order_by(ScoreEntry.id.desc())
-        .limit(8)
+        .where(ScoreEntry.student_id == student_id, ScoreEntry.revoked_at.is_(None),
+               ScoreEntry.point_code.in_(shown), ScoreEntry.occurred_on <= today)
+        .order_by(ScoreEntry.occurred_on.desc(), ScoreEntry.id.desc())
+        .limit(3)
     ).all()
-    latest = [e for e in latest if visible(catalogue.by_code[e.point_code])][:3]
-    return card, latest
+    return card, list(latest)
 
 
 def _class_values(session: Session, catalogue: Catalogue, term: Term, class_id: int,
