@@ -57,6 +57,8 @@ def _compare_word(ctx: Context) -> str:
 def _line_detail(line) -> str:  # noqa: ANN001 - a CardLine
     point, pv = line.point, line.value
     shown = point.display_value(pv.value)
+    if point.derived is not None:
+        return f"{shown}（{pv.periods}人均值）" if point.derived.op == "mean" else shown
     if point.is_observation:
         return f"{shown}（{pv.periods}次课均值）"
     if point.kind == "count" or pv.periods <= 1:

@@ -274,7 +274,7 @@ def test_class_card_shows_derived_points(svc, session):
     say(svc, "wangfang", "全勤率 计算机2301 全班 100 张三 80")
     say(svc, "sunli", "违纪 张三")
     card = say(svc, "wangfang", "班级卡 计算机2301")
-    assert "全勤率 96%" in card  # (80 + 4 × 100) / 5
+    assert "全勤率 96%（5人均值）" in card  # (80 + 4 × 100) / 5
     assert "违纪学生比率 20%" in card  # 1 of 5 students
     assert "不在你负责的范围" in say(svc, "wangfang", "班级卡 会计2301")
     assert "计算机2301" in say(svc, "zhengyuan", "班级卡 计算机2301")
