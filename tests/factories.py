@@ -42,7 +42,7 @@ def small_college(session: Session, with_calendar: bool = False) -> SmallCollege
     staff(session, "T100", "郑源", "院领导", None, "zhengyuan")
     staff(session, "T101", "管理员", "管理员", None, "admin")
     he = staff(session, "T007", "何平", "班主任", info, "heping")
-    xu = staff(session, "T008", "徐红", "班主任、任课教师", econ, "xuhong")
+    xu = staff(session, "T008", "徐红", "班主任,任课教师", econ, "xuhong")
     cs = SchoolClass(code="计算机2301", name="计算机2301", department_id=info.id, grade=2023,
                      head_teacher_id=wang.id, counsellor_id=liu.id)
     se = SchoolClass(code="软件2301", name="软件技术2301", department_id=info.id, grade=2023,

@@ -1,0 +1,215 @@
+"""A small WeCom API client: one shared access token, every call under WECOM_API_BASE, no hidden retries.
+
+Built on wechatpy's enterprise `WeChatClient`, with its 1.8 pitfalls designed out:
+gettoken goes to `settings.wecom_api_base` like every other call, every request
+has a timeout, `auto_retry` is off (a token error is refreshed and retried once
+here; anything else is the caller's, i.e. the outbox's, to retry), and the token
+and its expiry live in Redis, refreshed by one process at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import requests
+from wechatpy.enterprise import WeChatClient
+from wechatpy.exceptions import WeChatClientException
+
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 5.0
+TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh
+BACKOFF_ERRORS = frozenset({45009, 45033, -1})  # rate limited or busy: try later
+MAX_RECIPIENTS = 1000
+MAX_TEXT_BYTES = 2048
+REFRESH_MARGIN_S = 300  # a token this close to expiry is refreshed before use
+LOCK_TTL_S = 15  # longer than one gettoken call with its timeout
+PEER_WAIT_S = 8.0  # how long a process waits for another one's refresh
+
+_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+# The in-memory fallback (no REDIS_URL): shared by every client in this process.
+_memory_tokens: dict[str, tuple[str, float]] = {}
+_memory_lock = threading.Lock()
+
+
+class WeComAPIError(Exception):
+    """A WeCom API call failed: non-zero errcode, HTTP error or no answer (errcode None)."""
+
+    def __init__(self, errcode: int | None, errmsg: str, http_status: int | None = None) -> None:
+        super().__init__(f"WeCom API error {errcode}: {errmsg}" + (f" (HTTP {http_status})" if http_status else ""))
+        self.errcode = errcode
+        self.errmsg = errmsg
+        self.http_status = http_status
+
+    @property
+    def token_error(self) -> bool:
+        """The access token was refused: refresh it."""
+        return self.errcode in TOKEN_ERRORS
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again later (rate limit, system busy, network or HTTP failure)."""
+        return self.errcode is None or self.errcode in BACKOFF_ERRORS or self.token_error
+
+
+class _Client(WeChatClient):
+    """wechatpy's client with the API base taken from settings and the token from `WeComAPI`."""
+
+    def __init__(self, settings: Settings, token_source: Callable[[], str], timeout: float) -> None:
+        super().__init__(settings.wecom_corp_id, settings.wecom_secret or "", timeout=timeout, auto_retry=False)
+        self.API_BASE_URL = settings.wecom_api_base  # _request reads it from the instance
+        self._token_source = token_source
+
+    @property
+    def access_token(self) -> str:  # wechatpy's endpoints (client.user.get …) use the shared token
+        return self._token_source()
+
+    def fetch_access_token(self) -> dict[str, Any]:
+        """gettoken under our API base, with a timeout (wechatpy hard-codes the official URL)."""
+        res = self._http.get(self.API_BASE_URL + "gettoken", timeout=self.timeout,
+                             params={"corpid": self.corp_id, "corpsecret": self.secret})
+        try:
+            res.raise_for_status()
+        except requests.RequestException as exc:
+            raise WeChatClientException(None, None, client=self, request=exc.request,
+                                        response=exc.response) from exc
+        return self._handle_result(res)
+
+
+class WeComAPI:
+    """The WeCom API for this app's agent; the access token is shared through Redis (or this process)."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis | None = None,
+                 timeout: float = TIMEOUT_S, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.clock = clock
+        self.client = _Client(settings, self.access_token, timeout)
+        digest = hashlib.sha1(
+            f"{settings.wecom_api_base}|{settings.wecom_corp_id}|{settings.wecom_secret}".encode()).hexdigest()[:16]
+        self._token_key = f"czk:wecom:token:{digest}"
+        self._lock_key = f"czk:wecom:token-lock:{digest}"
+
+    # ── the access token ─────────────────────────────────────────────────────
+
+    def access_token(self) -> str:
+        """A valid access token: the shared one, or a fresh one fetched by exactly one process."""
+        return self._token(stale=None)
+
+    def _token(self, stale: str | None) -> str:
+        if self.redis is not None:
+            try:
+                return self._redis_token(self.redis, stale)
+            except redis.RedisError as exc:
+                log.warning("Redis unavailable for the WeCom token (%s); using this process's copy", exc)
+        return self._memory_token(stale)
+
+    def _usable(self, record: tuple[str, float] | None, stale: str | None) -> str | None:
+        if record is None:
+            return None
+        token, expires_at = record
+        if token == stale or expires_at - self.clock() <= REFRESH_MARGIN_S:
+            return None
+        return token
+
+    def _memory_token(self, stale: str | None) -> str:
+        with _memory_lock:
+            token = self._usable(_memory_tokens.get(self._token_key), stale)
+            if token is None:
+                token, expires_at = self._fetch_token()
+                _memory_tokens[self._token_key] = (token, expires_at)
+            return token
+
+    def _redis_read(self, client: redis.Redis) -> tuple[str, float] | None:
+        raw = client.get(self._token_key)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return str(data["token"]), float(data["expires_at"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _redis_token(self, client: redis.Redis, stale: str | None) -> str:
+        deadline = time.monotonic() + PEER_WAIT_S
+        while True:
+            token = self._usable(self._redis_read(client), stale)
+            if token is not None:
+                return token
+            owner = uuid.uuid4().hex
+            if client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S):
+                try:
+                    # Another process may have refreshed between our read and our lock.
+                    token = self._usable(self._redis_read(client), stale)
+                    if token is not None:
+                        return token
+                    token, expires_at = self._fetch_token()
+                    ttl = max(1, int(expires_at - self.clock()))
+                    client.set(self._token_key, json.dumps({"token": token, "expires_at": expires_at}), ex=ttl)
+                    return token
+                finally:
+                    client.eval(_RELEASE_LOCK, 1, self._lock_key, owner)
+            if time.monotonic() >= deadline:
+                raise WeComAPIError(None, "timed out waiting for another process to refresh the access token")
+            time.sleep(0.05)
+
+    def _fetch_token(self) -> tuple[str, float]:
+        log.info("fetching a WeCom access token from %s", self.settings.wecom_api_base)
+        result = self._guarded(self.client.fetch_access_token)
+        token = result.get("access_token")
+        if not token:
+            raise WeComAPIError(None, "gettoken answered without an access_token")
+        return str(token), self.clock() + float(result.get("expires_in", 7200))
+
+    # ── calls ────────────────────────────────────────────────────────────────
+
+    def _guarded(self, call: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            result = call()
+        except WeChatClientException as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            errcode = int(exc.errcode) if exc.errcode is not None else None
+            raise WeComAPIError(errcode, str(exc.errmsg or ""), status) from exc
+        except requests.RequestException as exc:
+            raise WeComAPIError(None, f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(result, dict):
+            raise WeComAPIError(None, "the answer is not JSON")
+        return result
+
+    def post(self, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
+        """POST `data` to `endpoint` (relative to WECOM_API_BASE); one refresh-and-retry on a token error."""
+        token = self.access_token()
+        try:
+            return self._guarded(lambda: self.client.post(endpoint, params={"access_token": token}, data=data))
+        except WeComAPIError as exc:
+            if not exc.token_error:
+                raise
+            log.info("WeCom refused the access token (%s); refreshing once", exc.errcode)
+        token = self._token(stale=token)
+        return self._guarded(lambda: self.client.post(endpoint, params={"access_token": token}, data=data))
+
+    def send_text(self, userids: list[str], content: str) -> dict[str, Any]:
+        """Send a text message from the app to up to 1000 members (content ≤ 2048 bytes UTF-8)."""
+        if not userids or len(userids) > MAX_RECIPIENTS:
+            raise ValueError(f"send_text needs 1 to {MAX_RECIPIENTS} recipients, got {len(userids)}")
+        if len(content.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise ValueError(f"text content is over {MAX_TEXT_BYTES} bytes")
+        agent = self.settings.wecom_agent_id or ""
+        return self.post("message/send", {
+            "touser": "|".join(userids),
+            "msgtype": "text",
+            "agentid": int(agent) if agent.isdigit() else agent,
+            "text": {"content": content},
+            "safe": 0,
+        })
