@@ -108,6 +108,83 @@ def register_cli(app: Flask) -> None:
 
         sys.exit(run_console(_service(), userid))
 
+    @app.cli.command("scheduler")
+    def scheduler_command() -> None:
+        """The scheduler process: exactly one is active, others wait as standbys."""
+        from scheduler.runner import run_scheduler
+
+        run_scheduler(_service())
+
+    @app.cli.group("jobs")
+    def jobs() -> None:
+        """Scheduled jobs."""
+
+    @jobs.command("list")
+    def jobs_list() -> None:
+        """Each job, its schedule, its last run and result."""
+        from scheduler.registry import JOBS
+        from scheduler.runner import last_runs
+
+        runs = last_runs(_service())
+        for name, job in sorted(JOBS.items()):
+            run = runs.get(name)
+            last = (f"{run.as_of:%Y-%m-%d %H:%M} {run.status}: {run.result or ''}" if run else "never run")
+            click.echo(f"{name:<26} {job.schedule:<40} {last}")
+
+    @jobs.command("run")
+    @click.argument("name")
+    @click.option("--now", "now_text", help="ISO-8601; without an offset it is read in APP_TIMEZONE")
+    def jobs_run(name: str, now_text: str | None) -> None:
+        """Run one job once, as if the clock read --now."""
+        from datetime import datetime
+
+        import scheduler.jobs  # noqa: F401
+        from scheduler.registry import JOBS
+        from scheduler.runner import run_job
+
+        service = _service()
+        if name not in JOBS:
+            click.echo(f"没有名为 {name} 的任务。可用：{', '.join(sorted(JOBS))}", err=True)
+            sys.exit(2)
+        now = None
+        if now_text:
+            try:
+                now = datetime.fromisoformat(now_text)
+            except ValueError:
+                click.echo(f"--now 不是 ISO-8601 时间：{now_text}", err=True)
+                sys.exit(2)
+            if now.tzinfo is None:
+                now = now.replace(tzinfo=service.tz)
+        run = run_job(service, name, now)
+        click.echo(f"{name}: {run.status} — {run.result}")
+        sys.exit(0 if run.status == "ok" else 1)
+
+    @app.cli.group("outbox")
+    def outbox() -> None:
+        """Outbound messages."""
+
+    @outbox.command("flush")
+    def outbox_flush() -> None:
+        """Deliver pending outbound messages now (printed when WeCom is not configured)."""
+        from scheduler.delivery import make_deliverer
+
+        report = make_deliverer(_service(), out=sys.stdout).flush()
+        click.echo(report.summary())
+
+    @outbox.command("failed")
+    def outbox_failed() -> None:
+        """Messages that could not be delivered, with the reason (for the 管理员)."""
+        from sqlalchemy import select
+
+        from models.schema import OutboxMessage
+
+        with _service().sessions() as session:
+            rows = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")
+                                   .order_by(OutboxMessage.id)).all()
+        for r in rows:
+            click.echo(f"#{r.id} {r.recipient} {r.purpose} {r.period_key}: {r.last_error}")
+        click.echo(f"共 {len(rows)} 条发送失败。")
+
     @app.cli.command("serve")
     @click.option("--host", default="127.0.0.1")
     @click.option("--port", default=8000, type=int)
