@@ -78,6 +78,29 @@ def register_cli(app: Flask) -> None:
         write_template(path)
         click.echo(f"已生成名册模板：{path}")
 
+    @app.cli.group("tasks")
+    def tasks() -> None:
+        """Plan tasks (任务分解表)."""
+
+    @tasks.command("import")
+    @click.argument("path", type=click.Path(exists=True, path_type=Path))
+    def tasks_import(path: Path) -> None:
+        """Import a 任务分解表 workbook (.xlsx) or .csv; upsert by 编号; all or nothing."""
+        from models.tasks import TaskImportError, import_tasks
+
+        service = _service()
+        with service.sessions() as session:
+            try:
+                report = import_tasks(session, path)
+            except TaskImportError as exc:
+                session.rollback()
+                click.echo(f"任务表有 {len(exc.errors)} 处错误，未导入任何内容：", err=True)
+                for line in exc.errors:
+                    click.echo(f"  {line}", err=True)
+                sys.exit(1)
+            session.commit()
+        click.echo(report.summary())
+
     @app.cli.command("demo")
     @click.option("--skip-if-loaded", is_flag=True, help="exit quietly if the database already has students")
     def demo(skip_if_loaded: bool) -> None:
@@ -130,6 +153,9 @@ def register_cli(app: Flask) -> None:
             run = runs.get(name)
             last = (f"{run.as_of:%Y-%m-%d %H:%M} {run.status}: {run.result or ''}" if run else "never run")
             click.echo(f"{name:<26} {job.schedule:<40} {last}")
+        beat = runs.get("heartbeat")
+        click.echo(f"{'scheduler':<26} {'(the active process)':<40} "
+                   + (f"alive at {beat.as_of:%Y-%m-%d %H:%M} as {beat.result}" if beat else "not seen yet"))
 
     @jobs.command("run")
     @click.argument("name")

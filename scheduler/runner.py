@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.service import Service
@@ -34,6 +34,8 @@ def _int_env(name: str, default: int) -> int:
 
 LEASE_S = _int_env("SCHEDULER_LEASE_SECONDS", 30)
 OUTBOX_FLUSH_S = _int_env("OUTBOX_FLUSH_SECONDS", 60)
+HEARTBEAT_S = _int_env("SCHEDULER_HEARTBEAT_SECONDS", 300)
+KEEP_RUNS_DAYS = 60
 
 
 def holder_id() -> str:
@@ -72,7 +74,7 @@ def last_runs(service: Service) -> dict[str, JobRun]:
 
     out: dict[str, JobRun] = {}
     with service.sessions() as session:
-        for name in JOBS:
+        for name in [*JOBS, "heartbeat"]:
             run = session.scalar(select(JobRun).where(JobRun.job == name).order_by(JobRun.id.desc()).limit(1))
             if run is not None:
                 out[name] = run
@@ -118,6 +120,15 @@ def _flush_outbox(service: Service) -> None:
         log.info("outbox: %s", report.summary())
 
 
+def heartbeat(service: Service, holder: str) -> None:
+    """Log that the active scheduler is alive (shown by `jobs list`), and prune old runs."""
+    now = datetime.now(service.tz)
+    with service.sessions() as session:
+        session.add(JobRun(job="heartbeat", as_of=now, finished_at=now, status="ok", result=holder, host=holder))
+        session.execute(delete(JobRun).where(JobRun.started_at < now - timedelta(days=KEEP_RUNS_DAYS)))
+        session.commit()
+
+
 def build_scheduler(service: Service, holder: str, stop: threading.Event) -> BlockingScheduler:
     """APScheduler with every job (fixed ids, coalesce, one instance), plus lease renewal and delivery."""
     import scheduler.jobs  # noqa: F401
@@ -136,6 +147,8 @@ def build_scheduler(service: Service, holder: str, stop: threading.Event) -> Blo
 
     sched.add_job(renew, IntervalTrigger(seconds=max(1, LEASE_S // 3)), id="lease_renew")
     sched.add_job(_flush_outbox, IntervalTrigger(seconds=OUTBOX_FLUSH_S), args=[service], id="outbox_flush")
+    sched.add_job(heartbeat, IntervalTrigger(seconds=HEARTBEAT_S), args=[service, holder], id="heartbeat",
+                  next_run_time=datetime.now(service.tz))
     return sched
 
 
