@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 
+from bot.cli_reports import register_report_cli
 from bot.config import ROOT
 from bot.service import Service
 
@@ -33,8 +34,26 @@ def upgrade_database(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+def run_import(importer, error_type: type[Exception], what: str) -> None:  # noqa: ANN001
+    """Run an all-or-nothing import in one transaction: commit and print its summary, or list every error."""
+    service = _service()
+    with service.sessions() as session:
+        try:
+            report = importer(session)
+        except error_type as exc:
+            session.rollback()
+            errors = getattr(exc, "errors", [str(exc)])
+            click.echo(f"{what}有 {len(errors)} 处错误，未导入任何内容：", err=True)
+            for line in errors:
+                click.echo(f"  {line}", err=True)
+            sys.exit(1)
+        session.commit()
+    click.echo(report.summary())
+
+
 def register_cli(app: Flask) -> None:
     """Attach every command to the app's click group."""
+    register_report_cli(app)
 
     @app.cli.group("db")
     def db() -> None:
@@ -56,18 +75,7 @@ def register_cli(app: Flask) -> None:
         """Import a roster workbook (.xlsx) or a folder of .csv files; all or nothing."""
         from models.roster import RosterError, import_roster
 
-        service = _service()
-        with service.sessions() as session:
-            try:
-                report = import_roster(session, path)
-            except RosterError as exc:
-                session.rollback()
-                click.echo(f"名册有 {len(exc.errors)} 处错误，未导入任何内容：", err=True)
-                for line in exc.errors:
-                    click.echo(f"  {line}", err=True)
-                sys.exit(1)
-            session.commit()
-        click.echo(report.summary())
+        run_import(lambda session: import_roster(session, path), RosterError, "名册")
 
     @roster.command("template")
     @click.argument("path", type=click.Path(path_type=Path))
@@ -88,18 +96,7 @@ def register_cli(app: Flask) -> None:
         """Import a 任务分解表 workbook (.xlsx) or .csv; upsert by 编号; all or nothing."""
         from models.tasks import TaskImportError, import_tasks
 
-        service = _service()
-        with service.sessions() as session:
-            try:
-                report = import_tasks(session, path)
-            except TaskImportError as exc:
-                session.rollback()
-                click.echo(f"任务表有 {len(exc.errors)} 处错误，未导入任何内容：", err=True)
-                for line in exc.errors:
-                    click.echo(f"  {line}", err=True)
-                sys.exit(1)
-            session.commit()
-        click.echo(report.summary())
+        run_import(lambda session: import_tasks(session, path), TaskImportError, "任务表")
 
     @app.cli.command("demo")
     @click.option("--skip-if-loaded", is_flag=True, help="exit quietly if the database already has students")

@@ -46,6 +46,11 @@ class _Class:
     grade: int | None
 
 
+# The students' plan documents (学业计划, 个人发展规划, 职业生涯规划) are reminded by the
+# plan_documents job, which names the students; the count reminders leave them out.
+PLAN_DOCUMENTS = ("A01", "B01", "C01")
+
+
 def expected_points(catalogue: Catalogue, period: str) -> list[ScorePoint]:
     """Points of a 采分时点 that someone must type in.
 
@@ -53,7 +58,8 @@ def expected_points(catalogue: Catalogue, period: str) -> list[ScorePoint]:
     student without an entry simply had none: neither is ever "missing".
     """
     return [p for p in catalogue.points
-            if p.period == period and p.derived is None and p.kind != "count" and p.recorders]
+            if p.period == period and p.derived is None and p.kind != "count" and p.recorders
+            and p.code not in PLAN_DOCUMENTS]
 
 
 def is_final_year(grade: int | None, term: Term) -> bool:

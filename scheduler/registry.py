@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -52,6 +53,30 @@ class Job:
     def schedule(self) -> str:
         fields = ("month", "day", "day_of_week", "hour", "minute")
         return " ".join(f"{f}={self.cron[f]}" for f in fields if f in self.cron)
+
+
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def parse_schedule(text: str) -> dict[str, str]:
+    """`fri 15:10` → {"day_of_week": "fri", "hour": "15", "minute": "10"}; checked by APScheduler."""
+    tokens = text.split()
+    if not tokens or not (match := _TIME.match(tokens[-1])):
+        raise ValueError(f"schedule {text!r}: expected '[DAYS] HH:MM', e.g. 'fri 15:10'")
+    hour, minute = int(match.group(1)), int(match.group(2))
+    if hour > 23 or minute > 59:
+        raise ValueError(f"schedule {text!r}: no such time of day")
+    cron = {"hour": str(hour), "minute": str(minute)}
+    for token in tokens[:-1]:
+        name, sep, value = token.partition("=")
+        if not sep:
+            name, value = "day_of_week", token
+        if name not in CRON_FIELDS or not value:
+            raise ValueError(f"schedule {text!r}: unknown cron field {name!r}")
+        cron[name] = value
+    CronTrigger(timezone="UTC", **cron)  # raises ValueError on a bad field value
+    return cron
 
 
 JOBS: dict[str, Job] = {}

@@ -28,12 +28,10 @@ fields as `field=value` (`day=1`, `month=3`); e.g. `fri 15:10`, `16:10`, `day=1 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from apscheduler.triggers.cron import CronTrigger
 from dotenv import load_dotenv
 from sqlalchemy import select
 
@@ -44,11 +42,9 @@ from models.expected import Missing, expected_points, missing_entries
 from models.outbox import enqueue
 from models.periods import Calendar, Term, month_bounds, period_key, week_bounds, week_key
 from models.schema import Staff
-from scheduler.registry import JobContext, job
+from scheduler.registry import JobContext, job, parse_schedule
 
 MAX_BYTES = 2048  # WeCom text message limit, UTF-8
-CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 DEFAULT_SCHEDULES = {
     "weekend_reminders": ("REMINDER_WEEKEND_CRON", "fri 15:10"),
@@ -59,26 +55,6 @@ DEFAULT_SCHEDULES = {
     "graduation_reminders": ("REMINDER_GRADUATION_CRON", "day=1 09:40"),
     "session_point_summary": ("REMINDER_SESSION_SUMMARY_CRON", "fri 16:40"),
 }
-
-
-def parse_schedule(text: str) -> dict[str, str]:
-    """`fri 15:10` → {"day_of_week": "fri", "hour": "15", "minute": "10"}; checked by APScheduler."""
-    tokens = text.split()
-    if not tokens or not (match := _TIME.match(tokens[-1])):
-        raise ValueError(f"schedule {text!r}: expected '[DAYS] HH:MM', e.g. 'fri 15:10'")
-    hour, minute = int(match.group(1)), int(match.group(2))
-    if hour > 23 or minute > 59:
-        raise ValueError(f"schedule {text!r}: no such time of day")
-    cron = {"hour": str(hour), "minute": str(minute)}
-    for token in tokens[:-1]:
-        name, sep, value = token.partition("=")
-        if not sep:
-            name, value = "day_of_week", token
-        if name not in CRON_FIELDS or not value:
-            raise ValueError(f"schedule {text!r}: unknown cron field {name!r}")
-        cron[name] = value
-    CronTrigger(timezone="UTC", **cron)  # raises ValueError on a bad field value
-    return cron
 
 
 def _days(text: str, name: str) -> tuple[int, ...]:

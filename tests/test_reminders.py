@@ -248,7 +248,24 @@ def test_semester_end_in_term_two_includes_year_end_points(calendar_college, ses
 
 # ── 学年初, 第一学期中, 毕业前 ────────────────────────────────────────────────
 
-def test_year_start_reminders_weekly_in_the_first_four_weeks(calendar_college, session, catalogue, db_url):
+def own_documents(root):
+    """A college catalogue whose 个人发展规划 and 职业生涯规划 are its own points, not the plan documents
+    that the plan_documents job names student by student."""
+    data = tomllib.loads((root / "models" / "catalogue.toml").read_text(encoding="utf-8"))
+    for point in data["point"]:
+        if point["code"] in ("B01", "C01"):
+            point["code"] += "X"
+    return parse_catalogue(data)
+
+
+def test_plan_documents_are_left_to_the_plan_documents_job(calendar_college, session, catalogue):
+    assert "queued 0 reminders" in run(reminders.year_start_reminders, session, catalogue, date(2025, 9, 8))
+    assert "queued 0 reminders" in run(reminders.first_semester_reminders, session, catalogue, date(2025, 11, 2))
+    assert outbox(session) == []
+
+
+def test_year_start_reminders_weekly_in_the_first_four_weeks(calendar_college, session, root, db_url):
+    catalogue = own_documents(root)
     record(db_url, date(2025, 9, 3), "wangfang", "学业计划 计算机2301 全班")
     result = run(reminders.year_start_reminders, session, catalogue, date(2025, 9, 8), time(8, 10))
     assert result.startswith("2025-2026/2025-W37: queued 3 reminders")
@@ -264,7 +281,8 @@ def test_year_start_reminders_weekly_in_the_first_four_weeks(calendar_college, s
     assert len(outbox(session)) == 6
 
 
-def test_first_semester_reminders_before_the_midpoint_of_term_one(calendar_college, session, catalogue):
+def test_first_semester_reminders_before_the_midpoint_of_term_one(calendar_college, session, root):
+    catalogue = own_documents(root)
     # Term 1 runs 1 September – 18 January: its midpoint is 9 November; reminders on 2 and 9 November.
     assert "not due today" in run(reminders.first_semester_reminders, session, catalogue, date(2025, 11, 1))
     result = run(reminders.first_semester_reminders, session, catalogue, date(2025, 11, 2))

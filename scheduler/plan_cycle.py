@@ -1,0 +1,443 @@
+"""Jobs of the plan cycle (table 9) and of plan deadlines: reminders, 督办, check-ins, 整改清单.
+
+Every job runs daily at its time and decides from the date whether it has anything to
+do; the outbox key (recipient + purpose + period) makes a rerun, or the next day's run
+inside the same window, send nothing twice. One message per person per run: their
+tasks are bundled, and trimmed to WeCom's 2048 bytes.
+
+Dates and times come from the environment, read once here (`CycleSettings.from_env`):
+
+- `TASK_DEADLINES_CRON`, `PLAN_DOCUMENTS_CRON`, `PLAN_SUBMISSION_CRON`, `PROGRESS_CHECKIN_CRON`,
+  `OUTCOME_REVIEW_CRON`: when each job runs, `[DAYS] HH:MM` as the reminders' schedules
+  (`08:20`, `08:50`, `09:25`, `09:35`, `09:50`, daily: never on the hour or half hour, as
+  WeCom asks); the cycle jobs run only in their months unless the schedule names `month=`;
+- `TASK_REMIND_DAYS_BEFORE` (3): the early deadline reminder, days before the due day;
+- `TASK_OVERDUE_EVERY_DAYS` (7): 督办通知 on the first day overdue, then every N days until done;
+- `PLAN_SUBMISSION_START` (03-01), `PLAN_REVIEW_DEADLINE` (03-31), `PLAN_LAST_CALL_DAYS` (4):
+  事前, plans asked for from, reviewed by, and the last call that many days before;
+- `PROGRESS_CHECKIN_MONTHS` (5-10), `PROGRESS_CHECKIN_DAY` (5): 事中, the months of the
+  monthly check-in and the day of the month it goes out from;
+- `OUTCOME_REVIEW_START` (01-05), `OUTCOME_REVIEW_LAST_CALL` (01-20), `CARRY_OVER_ON` (01-31):
+  事后, in the year after the plan year: 达成度 asked for, reminded, and unfinished tasks
+  carried into the 整改清单;
+- `RECTIFICATION_DUE` (06-30): the deadline of a 整改 task, in the new plan year;
+- `PLAN_DOCUMENTS_WEEKS` (4): 学年初 is this many weeks from the start of the first semester.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.templating import render
+from models.expected import PLAN_DOCUMENTS, recorder_scopes
+from models.outbox import enqueue
+from models.periods import period_key, week_key
+from models.schema import PlanTask, SchoolClass, ScoreEntry, Staff, Student
+from models.tasks import (
+    OPEN,
+    TaskView,
+    by_person,
+    carry_over,
+    cycle_tasks,
+    fit_sections,
+    recipient_of,
+    rectification_list,
+    task_view,
+)
+from scheduler.registry import JobContext, job, parse_schedule
+
+MonthDay = tuple[int, int]
+DEFAULT_SCHEDULES = {"task_deadlines": "08:20", "plan_documents": "08:50", "plan_submission": "09:25",
+                     "progress_checkin": "09:35", "outcome_review": "09:50"}
+MESSAGE_LIMIT = 2048  # bytes of a WeCom text message
+CARRY_GRACE_DAYS = 7  # a missed carry-over day is made up within this many days
+NAMES_PER_CLASS = 10
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _month_day(name: str, text: str) -> MonthDay:
+    m = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
+    try:
+        if m is None:
+            raise ValueError
+        date(2000, int(m[1]), int(m[2]))  # a leap year: 02-29 is allowed
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected MM-DD, e.g. 03-31") from None
+    return int(m[1]), int(m[2])
+
+
+def _months(name: str, text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d{1,2})(?:-(\d{1,2}))?", part)
+        if m is None or not 1 <= int(m[1]) <= int(m[2] or m[1]) <= 12:
+            raise ValueError(f"{name}={text!r}: expected months like 5-10 or 3,6,9")
+        out.extend(range(int(m[1]), int(m[2] or m[1]) + 1))
+    return tuple(sorted(set(out)))
+
+
+def _count(name: str, text: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\d+", text.strip()) or not low <= int(text) <= high:
+        raise ValueError(f"{name}={text!r}: expected a whole number from {low} to {high}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    """When the plan-cycle jobs run and act; defaults follow table 9 of the seed."""
+
+    schedules: dict[str, dict[str, str]] = field(default_factory=lambda: {
+        name: parse_schedule(text) for name, text in DEFAULT_SCHEDULES.items()})
+    remind_days_before: int = 3
+    overdue_every_days: int = 7
+    plan_submission_start: MonthDay = (3, 1)
+    plan_review_deadline: MonthDay = (3, 31)
+    plan_last_call_days: int = 4
+    checkin_months: tuple[int, ...] = (5, 6, 7, 8, 9, 10)
+    checkin_day: int = 5
+    outcome_review_start: MonthDay = (1, 5)
+    outcome_last_call: MonthDay = (1, 20)
+    carry_over_on: MonthDay = (1, 31)
+    rectification_due: MonthDay = (6, 30)
+    plan_documents_weeks: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CycleSettings:
+        """Read the variables above; a malformed value is an error naming the variable."""
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        default = cls()
+        values: dict[str, Any] = {}
+        schedules = dict(default.schedules)
+        for job_name in schedules:
+            name = f"{job_name.upper()}_CRON"
+            if (text := get(name)) is not None:
+                try:
+                    schedules[job_name] = parse_schedule(text)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        values["schedules"] = schedules
+        counts = {"TASK_REMIND_DAYS_BEFORE": ("remind_days_before", 1, 60),
+                  "TASK_OVERDUE_EVERY_DAYS": ("overdue_every_days", 1, 60),
+                  "PLAN_LAST_CALL_DAYS": ("plan_last_call_days", 0, 27),
+                  "PROGRESS_CHECKIN_DAY": ("checkin_day", 1, 28),
+                  "PLAN_DOCUMENTS_WEEKS": ("plan_documents_weeks", 1, 20)}
+        for name, (attr, low, high) in counts.items():
+            if (text := get(name)) is not None:
+                values[attr] = _count(name, text, low, high)
+        days = {"PLAN_SUBMISSION_START": "plan_submission_start", "PLAN_REVIEW_DEADLINE": "plan_review_deadline",
+                "OUTCOME_REVIEW_START": "outcome_review_start", "OUTCOME_REVIEW_LAST_CALL": "outcome_last_call",
+                "CARRY_OVER_ON": "carry_over_on", "RECTIFICATION_DUE": "rectification_due"}
+        for name, attr in days.items():
+            if (text := get(name)) is not None:
+                values[attr] = _month_day(name, text)
+        if (text := get("PROGRESS_CHECKIN_MONTHS")) is not None:
+            values["checkin_months"] = _months("PROGRESS_CHECKIN_MONTHS", text)
+        settings = cls(**values)
+        if settings.plan_submission_start > settings.plan_review_deadline:
+            raise ValueError("PLAN_SUBMISSION_START must not be after PLAN_REVIEW_DEADLINE")
+        if not settings.outcome_review_start <= settings.outcome_last_call <= settings.carry_over_on:
+            raise ValueError("expected OUTCOME_REVIEW_START <= OUTCOME_REVIEW_LAST_CALL <= CARRY_OVER_ON")
+        return settings
+
+    def cron(self, job_name: str, months: tuple[int, ...] | None = None) -> dict[str, str]:
+        """The job's schedule, limited to `months` unless it names its own."""
+        out = dict(self.schedules[job_name])
+        if months and "month" not in out:
+            out["month"] = ",".join(map(str, months))
+        return out
+
+
+def _load_settings() -> CycleSettings:
+    from dotenv import load_dotenv  # noqa: PLC0415
+
+    load_dotenv(Path(__file__).resolve().parent.parent / ".env", override=False)
+    return CycleSettings.from_env(os.environ)
+
+
+SETTINGS = _load_settings()
+
+
+def on(year: int, md: MonthDay) -> date:
+    """A month-day in a year (29 February becomes the 28th in other years)."""
+    month, day = md
+    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
+
+
+def _span_months(first: MonthDay, last: MonthDay, extra_days: int = 0) -> tuple[int, ...]:
+    end = on(2001, last) + timedelta(days=extra_days)
+    months, d = [], on(2001, first)
+    while d <= end:
+        if d.month not in months:
+            months.append(d.month)
+        d += timedelta(days=1)
+    return tuple(months)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@dataclass
+class Sent:
+    """What a job run queued: messages by kind, for its one-line result."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0  # people without a 企业微信账号
+
+    def add(self, kind: str, queued: bool) -> None:
+        if queued:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def line(self, prefix: str = "") -> str:
+        parts = [f"{n} {kind}" for kind, n in self.counts.items()] or ["nothing new"]
+        tail = f"; {self.skipped} without a WeCom account" if self.skipped else ""
+        return f"{prefix}{', '.join(parts)} queued{tail}"
+
+
+def _send(ctx: JobContext, sent: Sent, person: Staff, purpose: str, key: str, template: str,
+          sections: dict[str, list[Any]], kind: str, **context: object) -> None:
+    """Queue one bundled message for a person (nothing for someone without a WeCom account)."""
+    to = recipient_of(person)
+    if to is None:
+        sent.skipped += 1
+        return
+    body = fit_sections(lambda **kw: render(template, **kw), sections, MESSAGE_LIMIT,
+                        name=person.name, **context)
+    sent.add(kind, enqueue(ctx.session, to, purpose, key, body) is not None)
+
+
+# ---------------------------------------------------------------- deadlines and 督办
+
+
+@job("task_deadlines", "Remind owners of plan tasks due soon and today; 督办通知 to supervisor and owner when "
+     "overdue, weekly until done",
+     **SETTINGS.cron("task_deadlines"))
+def task_deadlines(ctx: JobContext) -> str:
+    """Remind owners N days before and on the due day; send 督办通知 for overdue tasks, weekly."""
+    s, today = SETTINGS, ctx.today
+    soon_day = today + timedelta(days=s.remind_days_before)
+    tasks = ctx.session.scalars(select(PlanTask).where(
+        PlanTask.status == OPEN, PlanTask.due <= soon_day).order_by(PlanTask.due, PlanTask.id)).all()
+    items: list[tuple[Staff, str, TaskView]] = []
+    for task in tasks:
+        view = task_view(task, today)
+        late = (today - task.due).days
+        if task.due == soon_day:
+            items.append((task.owner, "soon", view))
+        elif task.due == today:
+            items.append((task.owner, "today", view))
+        elif late > 0 and (late - 1) % s.overdue_every_days == 0:
+            items.append((task.owner, "overdue_own", view))
+            if task.supervisor is not None and task.supervisor_id != task.owner_id:
+                items.append((task.supervisor, "overdue_supervised", view))
+    sent = Sent()
+    for person, sections in by_person(items).values():
+        supervision = bool(sections.get("overdue_own") or sections.get("overdue_supervised"))
+        ordered = {k: sections.get(k, []) for k in ("overdue_supervised", "overdue_own", "today", "soon")}
+        _send(ctx, sent, person, "task_deadlines", today.isoformat(), "push/task_deadlines.txt", ordered,
+              "督办通知" if supervision else "reminders", days=s.remind_days_before)
+    if not items:
+        return f"no task due on {today} or {soon_day}, none to supervise today"
+    return sent.line()
+
+
+# ---------------------------------------------------------------- student plan documents (table 15)
+
+
+def _document_window(ctx: JobContext, period: str) -> bool:
+    """Is today inside the reminding window of a plan document's 采分时点?"""
+    term = ctx.calendar.term_for(ctx.today)
+    if term.term != 1 or not term.contains(ctx.today):
+        return False
+    if period == "学年初":
+        return ctx.today < term.start + timedelta(weeks=SETTINGS.plan_documents_weeks)
+    return period == "第一学期中"
+
+
+@dataclass(frozen=True)
+class ClassGap:
+    """Students of one class still missing one plan document."""
+
+    point: str
+    class_name: str
+    size: int
+    missing: int
+    names: list[str]
+
+
+def _submitted(ctx: JobContext, code: str, key: str) -> set[int]:
+    """Students whose latest live record of a document point for the period says 已提交."""
+    latest: dict[int, float] = {}
+    for student_id, value in ctx.session.execute(
+            select(ScoreEntry.student_id, ScoreEntry.value).where(
+                ScoreEntry.point_code == code, ScoreEntry.period_key == key, ScoreEntry.revoked_at.is_(None),
+                ScoreEntry.student_id.is_not(None)).order_by(ScoreEntry.id)):
+        latest[student_id] = value
+    return {sid for sid, value in latest.items() if value >= 1}
+
+
+@job("plan_documents", "Weekly list of students missing 学业计划 / 个人发展规划 (学年初) and 职业生涯规划 "
+     "(term 1) to their recorders",
+     **SETTINGS.cron("plan_documents"))
+def plan_documents(ctx: JobContext) -> str:
+    """Weekly, in their windows, tell each recorder which students still miss a plan document."""
+    points = [ctx.catalogue.by_code[c] for c in PLAN_DOCUMENTS if c in ctx.catalogue.by_code]
+    active = [p for p in points if _document_window(ctx, p.period)]
+    if not active:
+        return "not in a plan-document window (学年初 / 第一学期)"
+    classes = {c.id: c for c in ctx.session.scalars(select(SchoolClass).order_by(SchoolClass.code))}
+    students: dict[int, list[Student]] = {}
+    for st in ctx.session.scalars(select(Student).order_by(Student.student_no)):
+        students.setdefault(st.class_id, []).append(st)
+    staff = {p.id: p for p in ctx.session.scalars(select(Staff).order_by(Staff.staff_no))}
+    scopes = recorder_scopes(ctx.session)  # role -> staff id -> classes, as the reminders and authz see it
+    items: list[tuple[Staff, str, ClassGap]] = []
+    missing_total = 0
+    for point in active:
+        done = _submitted(ctx, point.code, period_key(point.period, ctx.today, ctx.calendar))
+        gaps: dict[int, ClassGap] = {}
+        for class_id, klass in classes.items():
+            roster = students.get(class_id, [])
+            missing = [st for st in roster if st.id not in done]
+            if missing:
+                missing_total += len(missing)
+                gaps[class_id] = ClassGap(point.short, klass.name, len(roster), len(missing),
+                                          [st.name for st in missing[:NAMES_PER_CLASS]])
+        recorders: dict[int, set[int]] = {}
+        for role in point.recorders:
+            for staff_id, class_ids in scopes.get(role, {}).items():
+                recorders.setdefault(staff_id, set()).update(class_ids)
+        for staff_id in sorted(recorders, key=lambda i: staff[i].staff_no):
+            items.extend((staff[staff_id], point.code, gaps[c]) for c in classes if c in recorders[staff_id]
+                         and c in gaps)
+    sent = Sent()
+    for person, sections in by_person(items).values():
+        _send(ctx, sent, person, "plan_documents", week_key(ctx.today), "push/plan_documents.txt", sections,
+              "reminders")
+    if not items:
+        return f"every student has {'、'.join(p.short for p in active)}"
+    return sent.line(f"{missing_total} missing documents; ")
+
+
+# ---------------------------------------------------------------- 事前: plans reviewed in March
+
+
+@job("plan_submission", "事前 (March): ask owners for annual plans and supervisors to review them by 31 March, "
+     "then a last call",
+     **SETTINGS.cron("plan_submission", _span_months(SETTINGS.plan_submission_start,
+                                                       SETTINGS.plan_review_deadline)))
+def plan_submission(ctx: JobContext) -> str:
+    """Ask owners for their annual plans and supervisors to review them by the deadline."""
+    s, today = SETTINGS, ctx.today
+    cycle = today.year
+    start, deadline = on(cycle, s.plan_submission_start), on(cycle, s.plan_review_deadline)
+    last_call = max(start, deadline - timedelta(days=s.plan_last_call_days))
+    if not start <= today <= deadline:
+        return f"not in the 事前 window ({start:%m-%d}–{deadline:%m-%d})"
+    phase = "last" if today >= last_call else "start"
+    tasks = [t for t in cycle_tasks(ctx.session, cycle) if t.status == OPEN]
+    if not tasks:
+        return f"no open tasks of {cycle}: import the 任务分解表 first"
+    items: list[tuple[Staff, str, Any]] = []
+    reviewed: dict[int, dict[int, list[PlanTask]]] = {}
+    for task in tasks:
+        items.append((task.owner, "own", task_view(task, today)))
+        if task.supervisor is not None and task.supervisor_id != task.owner_id:
+            reviewed.setdefault(task.supervisor_id, {}).setdefault(task.owner_id, []).append(task)
+    supervisors = {t.supervisor_id: t.supervisor for t in tasks if t.supervisor is not None}
+    for sup_id, owners in reviewed.items():
+        for owner_tasks in owners.values():
+            items.append((supervisors[sup_id], "review", (owner_tasks[0].owner.name, len(owner_tasks))))
+    sent = Sent()
+    for person, sections in by_person(items).values():
+        ordered = {"own": sections.get("own", []), "review": sections.get("review", [])}
+        _send(ctx, sent, person, "plan_submission", f"{cycle}-{phase}", "push/plan_submission.txt", ordered,
+              "last calls" if phase == "last" else "requests", cycle=cycle, deadline=deadline,
+              last_call=phase == "last")
+    return sent.line(f"{cycle} {phase}: ")
+
+
+# ---------------------------------------------------------------- 事中: monthly progress, May–October
+
+
+@job("progress_checkin", "事中 (May-October): each owner's open tasks, monthly, asking for 进度 #N",
+     **SETTINGS.cron("progress_checkin", SETTINGS.checkin_months))
+def progress_checkin(ctx: JobContext) -> str:
+    """Once a month in the 事中 months, send each owner their open tasks and ask for `进度 #N`."""
+    s, today = SETTINGS, ctx.today
+    if today.month not in s.checkin_months or today.day < s.checkin_day:
+        return f"not a check-in day (months {','.join(map(str, s.checkin_months))}, from day {s.checkin_day})"
+    tasks = ctx.session.scalars(select(PlanTask).where(
+        PlanTask.status == OPEN, (PlanTask.start.is_(None)) | (PlanTask.start <= today),
+    ).order_by(PlanTask.due, PlanTask.id)).all()
+    if not tasks:
+        return "no open tasks under way"
+    sent = Sent()
+    for person, sections in by_person((t.owner, "own", task_view(t, today)) for t in tasks).values():
+        _send(ctx, sent, person, "progress_checkin", f"{today:%Y-%m}", "push/plan_progress_checkin.txt",
+              sections, "check-ins", month=today.month)
+    return sent.line()
+
+
+# ---------------------------------------------------------------- 事后: 达成度 in January, then the 整改清单
+
+
+@job("outcome_review", "事后 (January): ask owners for 达成度 #N; at the end of January carry unfinished tasks "
+     "into the 整改清单",
+     **SETTINGS.cron("outcome_review", _span_months(SETTINGS.outcome_review_start, SETTINGS.carry_over_on,
+                                                     CARRY_GRACE_DAYS)))
+def outcome_review(ctx: JobContext) -> str:
+    """Ask owners for each task's 达成度; at the end of the review, carry unfinished tasks over."""
+    s, today = SETTINGS, ctx.today
+    cycle = today.year - 1  # 事后 comes in the year after the plan year (次年1月)
+    start, last_call = on(today.year, s.outcome_review_start), on(today.year, s.outcome_last_call)
+    carry_day = on(today.year, s.carry_over_on)
+    if carry_day <= today <= carry_day + timedelta(days=CARRY_GRACE_DAYS):
+        return _carry(ctx, cycle)
+    if not start <= today < carry_day:
+        return f"not in the 事后 window ({start:%m-%d}–{carry_day:%m-%d})"
+    phase = "last" if today >= last_call else "start"
+    tasks = cycle_tasks(ctx.session, cycle)
+    if phase == "last":
+        tasks = [t for t in tasks if t.achievement is None]
+    if not tasks:
+        return f"no {cycle} tasks waiting for 达成度"
+    sent = Sent()
+    for person, sections in by_person((t.owner, "own", task_view(t, today)) for t in tasks).values():
+        _send(ctx, sent, person, "outcome_review", f"{cycle}-{phase}", "push/plan_outcome_review.txt", sections,
+              "last calls" if phase == "last" else "requests", cycle=cycle, carry_day=carry_day,
+              last_call=phase == "last")
+    return sent.line(f"{cycle} {phase}: ")
+
+
+def _carry(ctx: JobContext, cycle: int) -> str:
+    """The 整改清单: carry unfinished tasks into the next cycle and tell owners and supervisors."""
+    created = carry_over(ctx.session, cycle, on(cycle + 1, SETTINGS.rectification_due))
+    listed = rectification_list(ctx.session, cycle)
+    if not listed:
+        return f"{cycle}: every task finished, nothing carried over"
+    items: list[tuple[Staff, str, TaskView]] = []
+    for task in listed:
+        view = task_view(task, ctx.today)
+        items.append((task.owner, "own", view))
+        if task.supervisor is not None and task.supervisor_id != task.owner_id:
+            items.append((task.supervisor, "supervised", view))
+    sent = Sent()
+    for person, sections in by_person(items).values():
+        ordered = {"own": sections.get("own", []), "supervised": sections.get("supervised", [])}
+        _send(ctx, sent, person, "rectification", str(cycle), "push/plan_rectification.txt", ordered,
+              "notices", cycle=cycle)
+    return sent.line(f"{cycle}: {len(created)} tasks carried into the 整改清单; ")
