@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 
+from bot.cli_reports import register_report_cli
 from bot.config import ROOT
 from bot.service import Service
 
@@ -52,6 +53,7 @@ def run_import(importer, error_type: type[Exception], what: str) -> None:  # noq
 
 def register_cli(app: Flask) -> None:
     """Attach every command to the app's click group."""
+    register_report_cli(app)
 
     @app.cli.group("db")
     def db() -> None:

@@ -1,0 +1,129 @@
+"""导出 <班级>: a signed, expiring download link to the class's cards as a workbook.
+
+The link is `{PUBLIC_BASE_URL}/export/<token>`; the token is signed with SECRET_KEY
+(itsdangerous, salt "export") and carries the class id and the requester. It is valid for
+EXPORT_LINK_HOURS hours (default 24); bot/web.py serves it after checking the signature, its
+age, and that the requester may still export the class.
+
+Who may export: a 班主任 their own classes, a 系部主任 the classes of their department, a
+院领导 every class. Sensitive points appear only for a viewer allowed to see them (the
+class's 班主任); everyone's totals are the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date
+
+from dotenv import load_dotenv
+from flask import current_app, has_app_context
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.config import ROOT, Settings, load_settings
+from bot.messages import IncomingMessage, Reply
+from bot.templating import render
+from handlers.registry import Context, registry
+from models.authz import SENSITIVE_ROLES, Actor
+from models.catalogue import Catalogue
+from models.schema import SchoolClass
+
+EXPORT_ROLES = ("班主任", "系部主任", "院领导")
+SALT = "export"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def _link_hours(environ: Mapping[str, str]) -> int:
+    text = (environ.get("EXPORT_LINK_HOURS") or "24").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"EXPORT_LINK_HOURS={text!r}: expected a whole number of hours, at least 1")
+    return int(text)
+
+
+load_dotenv(ROOT / ".env", override=False)
+LINK_HOURS = _link_hours(os.environ)
+LINK_MAX_AGE = LINK_HOURS * 3600
+
+
+def serializer(secret_key: str) -> URLSafeTimedSerializer:
+    """The signer of export links."""
+    return URLSafeTimedSerializer(secret_key, salt=SALT)
+
+
+def sign_export(secret_key: str, class_id: int, requester: str) -> str:
+    """A token for one class's workbook, requested by `requester` (their userid)."""
+    return serializer(secret_key).dumps({"class": class_id, "by": requester})
+
+
+def read_export(secret_key: str, token: str, max_age: int = LINK_MAX_AGE) -> tuple[int, str]:
+    """(class id, requester) from a token; raises itsdangerous' SignatureExpired or BadData."""
+    from itsdangerous import BadPayload  # noqa: PLC0415
+
+    data = serializer(secret_key).loads(token, max_age=max_age)
+    if not (isinstance(data, dict) and isinstance(data.get("class"), int) and isinstance(data.get("by"), str)):
+        raise BadPayload("unexpected export payload")
+    return data["class"], data["by"]
+
+
+def may_export(actor: Actor, class_id: int) -> bool:
+    """班主任 (own classes), 系部主任 (department), 院领导 (all)."""
+    for role in EXPORT_ROLES:
+        scope = actor.classes_for_role(role)
+        if scope is None or class_id in scope:
+            return True
+    return False
+
+
+def sees_sensitive(actor: Actor, class_id: int) -> bool:
+    """Does the requester see the class's sensitive points (班主任, 辅导员, 学工办 in scope)?"""
+    for role in SENSITIVE_ROLES:
+        scope = actor.classes_for_role(role)
+        if scope is None or class_id in scope:
+            return True
+    return False
+
+
+def export_filename(klass: SchoolClass, today: date) -> str:
+    return f"{klass.code}_储值卡_{today.isoformat()}.xlsx"
+
+
+def export_workbook(session: Session, catalogue: Catalogue, klass: SchoolClass, actor: Actor,
+                    today: date) -> bytes:
+    """The class's workbook as the requester may see it: the analysis report and the card sheet."""
+    from models.excel import report_workbook, workbook_bytes  # noqa: PLC0415  (openpyxl only when used)
+
+    wb = report_workbook(session, catalogue, klass, today, sensitive=sees_sensitive(actor, klass.id))
+    return workbook_bytes(wb)
+
+
+def _settings() -> Settings:
+    """The running service's settings (SECRET_KEY, PUBLIC_BASE_URL); the environment's outside an app."""
+    if has_app_context() and "czk" in current_app.extensions:
+        return current_app.extensions["czk"].settings
+    return load_settings()
+
+
+def _find_class(ctx: Context, token: str) -> SchoolClass | None:
+    return ctx.session.scalar(select(SchoolClass).where(SchoolClass.code == token)) or ctx.session.scalar(
+        select(SchoolClass).where(SchoolClass.name == token).order_by(SchoolClass.code).limit(1))
+
+
+@registry.command("导出", audience="staff", roles=EXPORT_ROLES,
+                  summary=f"导出 <班级>：班级储值卡工作簿的下载链接（{LINK_HOURS} 小时内有效）")
+def export_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """Reply with a signed, expiring link to the class's workbook."""
+    if not args:
+        return Reply(render("chat/export_usage.txt"))
+    name = args.split()[0]
+    klass = _find_class(ctx, name)
+    if klass is None:
+        return Reply(render("chat/class_not_found.txt", token=name))
+    if not may_export(ctx.actor, klass.id):
+        return Reply(render("chat/export_out_of_scope.txt", name=klass.name))
+    settings = _settings()
+    token = sign_export(settings.secret_key, klass.id, ctx.actor.userid)
+    url = f"{settings.public_base_url.rstrip('/')}/export/{token}"
+    return Reply(render("chat/export_link.txt", name=klass.name, url=url, hours=LINK_HOURS,
+                        sensitive=sees_sensitive(ctx.actor, klass.id)))

@@ -1,0 +1,36 @@
+"""退订周报 / 订阅周报: a student turns the weekly personal card off and on."""
+
+from __future__ import annotations
+
+import json
+
+from bot.messages import IncomingMessage, Reply
+from bot.templating import render
+from handlers.registry import Context, registry
+from models.schema import AuditLog, Student
+
+
+def _set_weekly_card(ctx: Context, wanted: bool) -> bool:
+    """Set the student's flag (audited); True when it already had that value."""
+    student = ctx.session.get(Student, ctx.actor.student_id)
+    already = student.weekly_card == wanted
+    if not already:
+        ctx.session.add(AuditLog(
+            actor=ctx.actor.audit_name, action="subscribe" if wanted else "unsubscribe", entity="student",
+            entity_key=f"student:{student.id}", old_value=json.dumps({"weekly_card": student.weekly_card}),
+            new_value=json.dumps({"weekly_card": wanted}), source_msg=ctx.msg.msg_key,
+        ))
+        student.weekly_card = wanted
+    return already
+
+
+@registry.command("退订周报", audience="student", summary="退订周报 / 订阅周报：停止 / 恢复每周一的个人储值卡")
+def unsubscribe(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """Stop the weekly personal card."""
+    return Reply(render("chat/subscription_off.txt", already=_set_weekly_card(ctx, False)))
+
+
+@registry.command("订阅周报", audience="student")
+def subscribe(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """Resume the weekly personal card."""
+    return Reply(render("chat/subscription_on.txt", already=_set_weekly_card(ctx, True)))

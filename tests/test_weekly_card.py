@@ -1,0 +1,185 @@
+"""The student's weekly card (`student_weekly_card`) and 退订周报 / 订阅周报, on the real database.
+
+Records are made through the chat pipeline on their days; the job runs through the runner
+as the scheduler would on Monday 24 November 2025, reporting on 17–23 November (2025-W47).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import event, select
+
+from models.schema import AuditLog, OutboxMessage, SchoolClass, Student
+from scheduler import weekly_card
+from scheduler.registry import JOBS
+from scheduler.runner import run_job
+from tests.chat import make_service, say
+from tests.factories import small_college
+
+TZ = ZoneInfo("Asia/Shanghai")
+MONDAY = date(2025, 11, 24)
+
+
+@pytest.fixture
+def college(session):
+    return small_college(session)
+
+
+def record(db_url, redis_url, day: date, userid: str, text: str) -> None:
+    reply = say(make_service(db_url, day, redis_url), userid, text)
+    assert "已记录" in reply, reply
+
+
+def history(db_url, redis_url) -> None:
+    """张三: homework falling, attendance 85% last week, no plans; 李四: 学业计划 handed in, all well."""
+    for day in (date(2025, 10, 29), date(2025, 11, 5), date(2025, 11, 12)):
+        record(db_url, redis_url, day, "chenjing", "作业完成率 张三 90 李四 95")
+    record(db_url, redis_url, date(2025, 11, 5), "wangfang", "学业计划 李四\n全勤率 张三 100 李四 100")
+    record(db_url, redis_url, date(2025, 11, 12), "wangfang", "全勤率 张三 100 李四 100")
+    record(db_url, redis_url, date(2025, 11, 18), "chenjing", "作业完成率 张三 70 李四 100")
+    record(db_url, redis_url, date(2025, 11, 20), "chenjing", "作业完成率 张三 75")
+    record(db_url, redis_url, date(2025, 11, 21), "wangfang", "全勤率 张三 85 李四 100\n课外学习 李四 2")
+    record(db_url, redis_url, date(2025, 11, 21), "liuwei", "心理辅导 张三")
+    record(db_url, redis_url, date(2025, 11, 24), "wangfang", "全勤率 李四 60")  # this week: not in the card
+
+
+def run(db_url, redis_url, day: date = MONDAY, at: time = time(8, 10)):
+    service = make_service(db_url, day, redis_url)
+    return run_job(service, "student_weekly_card", datetime.combine(day, at, TZ))
+
+
+def cards(session, key: str = "2025-W47") -> dict[str, str]:
+    session.expire_all()
+    rows = session.scalars(select(OutboxMessage).where(
+        OutboxMessage.purpose == "student_weekly_card", OutboxMessage.period_key == key)).all()
+    assert len({r.recipient for r in rows}) == len(rows)
+    return {r.recipient: r.body for r in rows}
+
+
+def test_job_is_registered_for_monday_morning_not_on_the_hour():
+    job = JOBS["student_weekly_card"]
+    assert job.cron["day_of_week"] == "mon" and job.cron["hour"] == "8" and job.cron["minute"] == "10"
+
+
+def test_weekly_card_content_is_personal_and_signed(college, session, db_url, redis_url):
+    history(db_url, redis_url)
+    result = run(db_url, redis_url)
+    assert result.status == "ok", result.result
+    body = cards(session)["zhangsan"]
+    lines = body.splitlines()
+    assert lines[0] == "张三同学，这是你上周（11月17日–11月23日）的储值卡："
+    # 学业发展 on Sunday 16: 全勤率 weeks 100, 100 → 100; 作业 90, 90, 90 → 90; subtotal 95.0.
+    # On Sunday 23: 全勤率 (100 + 100 + 85) / 3 = 95; 作业 (90 × 3 + 70 + 75) / 5 = 83; subtotal 89.0.
+    # 心理辅导 weighs 0, so 个人发展 has no subtotal and the total is 学业发展's.
+    assert lines[1] == "总分 89.0，一周增值 -6.0"
+    assert lines[2] == "学业发展 89.0（-6.0）"
+    chat = say(make_service(db_url, date(2025, 11, 23), redis_url), "zhangsan", "储值卡")
+    assert "总分 89.0　增值 -6.0（较上周）" in chat  # the chat card on that Sunday says the same
+    assert "上周记录：全勤率 85%、作业完成率 72.5%（2次课）" in body
+    assert "心理辅导" not in body  # sensitive: never in a push
+    assert "· 上周全勤率 85%，低于 90%" in body
+    assert "· 上周作业完成率 72.5%，比前几周（90%）下降了" in body
+    assert "· 学业计划还没有提交（截止 9月28日，已逾期）" in body
+    assert "· 职业生涯规划还没有提交（截止 11月16日，已逾期）" in body
+    # ONE next step, attendance first.
+    [step] = [ln for ln in lines if ln.startswith("下一步：")]
+    assert step == "下一步：本周每节课按时到；确有事要请假，提前向班主任王芳老师请假。"
+    assert lines[-1] == "——班主任 王芳"
+    assert len(body.encode("utf-8")) <= 2048
+
+    li = cards(session)["lisi"]
+    assert "学业计划还没有提交" not in li and "· 个人发展规划还没有提交（截止 9月28日，已逾期）" in li
+    assert "下一步：本周内写好《个人发展规划》，交给班主任王芳老师登记。" in li
+    assert "课外学习频次 2次" in li and "60%" not in li  # this Monday's 全勤率 belongs to next week
+
+
+def test_who_gets_one_and_a_rerun_sends_nothing_new(college, session, db_url, redis_url):
+    svc = make_service(db_url, date(2025, 11, 22), redis_url)
+    assert "已退订" in say(svc, "wangwu", "退订周报")
+    acc = session.get(SchoolClass, college.acc.id)
+    acc.head_teacher_id = None  # 会计2301 without 班主任 or 辅导员: nobody to sign, no message
+    session.commit()
+
+    first = run(db_url, redis_url)
+    assert first.result == ("2025-W47: queued 3 weekly cards, 0 already queued, 1 unsubscribed, "
+                            "2 without WeCom account, 1 without 班主任")
+    sent = cards(session)
+    assert set(sent) == {"zhangsan", "lisi", "zhaoliu"}
+    assert sent["zhaoliu"].endswith("——班主任 何平")
+    assert "上周没有新的记录。" in sent["zhaoliu"]
+    assert "下一步：本周内写好《学业计划》" in sent["zhaoliu"]
+
+    again = run(db_url, redis_url, at=time(15, 0))
+    assert again.result.startswith("2025-W47: queued 0 weekly cards, 3 already queued")
+    assert len(cards(session)) == 3
+
+    assert "已订阅" in say(svc, "wangwu", "订阅周报")
+    third = run(db_url, redis_url, MONDAY.replace(day=25))
+    assert third.result.startswith("2025-W47: queued 1 weekly cards, 3 already queued")
+    assert "wangwu" in cards(session)
+
+
+def test_counsellor_signs_when_a_class_has_no_head_teacher(college, session, db_url, redis_url):
+    cs = session.get(SchoolClass, college.cs.id)
+    cs.head_teacher_id = None
+    session.commit()
+    run(db_url, redis_url)
+    assert cards(session)["zhangsan"].endswith("——辅导员 刘伟")
+
+
+def test_vacation_week_sends_nothing(session, db_url, redis_url):
+    small_college(session, with_calendar=True)  # term 1 ends 18 January, term 2 starts 23 February
+    result = run(db_url, redis_url, date(2026, 2, 9))
+    assert result.result == "2026-W06: nothing sent (vacation week)"
+    assert cards(session, "2026-W06") == {}
+
+
+def test_queries_do_not_grow_with_the_number_of_students(college, session, db_url, redis_url):
+    history(db_url, redis_url)
+    service = make_service(db_url, MONDAY, redis_url)
+    statements: list[str] = []
+    event.listen(service.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, params, context, many: statements.append(sql))
+    run_job(service, "student_weekly_card", datetime.combine(MONDAY, time(8, 10), TZ))
+    small = len(statements)
+
+    session.add_all([Student(student_no=f"20230109{i:02d}", name=f"学生{i}", class_id=college.cs.id,
+                             wecom_userid=f"s{i}") for i in range(80)])
+    session.commit()
+    statements.clear()
+    nxt = date(2025, 12, 1)
+    run_job(service, "student_weekly_card", datetime.combine(nxt, time(8, 10), TZ))
+    assert len(cards(session, "2025-W48")) == 5 + 80
+    assert len(statements) <= small + 1, statements
+
+
+def test_week_facts_priorities(catalogue):
+    from models.card import Card, DomainCard
+
+    card = Card([DomainCard("学业发展", 80.0), DomainCard("个人发展", 70.0), DomainCard("职业发展", None)], 76.0)
+    plan_late = {"kind": "plan", "overdue": True, "deadline": date(2025, 9, 28)}
+    plan_soon = {"kind": "plan", "overdue": False, "deadline": date(2025, 11, 30)}
+    homework = {"kind": "homework"}
+    assert weekly_card.next_step([plan_soon, plan_late, homework], card) is homework
+    assert weekly_card.next_step([plan_soon, plan_late], card) is plan_late
+    assert weekly_card.next_step([], card) == {"kind": "domain", "domain": "个人发展"}
+    assert weekly_card.next_step([], Card([DomainCard(d, None) for d in ("学业发展",)], None)) == {"kind": "start"}
+
+
+def test_unsubscribe_and_subscribe_are_for_students_and_audited(college, session, db_url, redis_url):
+    svc = make_service(db_url, MONDAY, redis_url)
+    assert "已退订每周储值卡" in say(svc, "zhangsan", "退订周报")
+    assert "之前已退订" in say(svc, "zhangsan", "退订周报")
+    session.expire_all()
+    zhang = session.scalar(select(Student).where(Student.student_no == "2023010101"))
+    assert zhang.weekly_card is False
+    assert "已订阅每周储值卡" in say(svc, "zhangsan", "订阅周报")
+    session.expire_all()
+    assert session.get(Student, zhang.id).weekly_card is True
+    actions = [a.action for a in session.scalars(select(AuditLog).where(AuditLog.entity == "student"))]
+    assert actions == ["unsubscribe", "subscribe"]
+    assert "仅限" in say(svc, "wangfang", "退订周报") or "不能使用" in say(svc, "wangfang", "退订周报")
+    assert "退订周报 / 订阅周报" in say(svc, "zhangsan", "帮助")
