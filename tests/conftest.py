@@ -73,6 +73,15 @@ def redis_url() -> str | None:
     return os.environ.get("TEST_REDIS_URL")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_redis(redis_url):
+    """Message claims and tokens left by an earlier run would make this run's messages look like retries."""
+    if redis_url:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+
+
 # A Wednesday in the middle of the first semester: no week, month or term edge nearby.
 TODAY = date(2025, 11, 19)
 
