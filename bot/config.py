@@ -56,6 +56,16 @@ def default_database_url() -> str:
     return f"sqlite:///{instance / 'chuzhika.db'}"
 
 
+def _development_secret() -> str:
+    """A key kept in instance/, so links made by one development process open in another."""
+    path = ROOT / "instance" / "secret_key"
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def load_settings(overrides: dict | None = None) -> Settings:
     """Read the environment (and `.env`) into a `Settings`; `overrides` win."""
     load_dotenv(ROOT / ".env", override=False)
@@ -64,7 +74,7 @@ def load_settings(overrides: dict | None = None) -> Settings:
     if secret is None:
         if production:
             raise RuntimeError("SECRET_KEY is required in production")
-        secret = secrets.token_hex(32)
+        secret = _development_secret()
     values = dict(
         database_url=_env("DATABASE_URL") or default_database_url(),
         redis_url=_env("REDIS_URL"),

@@ -73,7 +73,7 @@ def _dispatch(service: Service, session, msg: IncomingMessage) -> Reply:  # noqa
     if not text:
         return Reply(render("chat/empty.txt"))
     ctx = Context(session=session, actor=actor, catalogue=service.catalogue,
-                  today=service.today(), msg=msg)
+                  today=service.today(), msg=msg, settings=service.settings)
     found = registry.resolve(text)
     if found is not None:
         cmd, args = found

@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from datetime import date
 
 from dotenv import load_dotenv
-from flask import current_app, has_app_context
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.config import ROOT, Settings, load_settings
+from bot.config import ROOT
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
 from handlers.registry import Context, registry
@@ -98,13 +97,6 @@ def export_workbook(session: Session, catalogue: Catalogue, klass: SchoolClass, 
     return workbook_bytes(wb)
 
 
-def _settings() -> Settings:
-    """The running service's settings (SECRET_KEY, PUBLIC_BASE_URL); the environment's outside an app."""
-    if has_app_context() and "czk" in current_app.extensions:
-        return current_app.extensions["czk"].settings
-    return load_settings()
-
-
 def _find_class(ctx: Context, token: str) -> SchoolClass | None:
     return ctx.session.scalar(select(SchoolClass).where(SchoolClass.code == token)) or ctx.session.scalar(
         select(SchoolClass).where(SchoolClass.name == token).order_by(SchoolClass.code).limit(1))
@@ -122,7 +114,7 @@ def export_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
         return Reply(render("chat/class_not_found.txt", token=name))
     if not may_export(ctx.actor, klass.id):
         return Reply(render("chat/export_out_of_scope.txt", name=klass.name))
-    settings = _settings()
+    settings = ctx.settings
     token = sign_export(settings.secret_key, klass.id, ctx.actor.userid)
     url = f"{settings.public_base_url.rstrip('/')}/export/{token}"
     return Reply(render("chat/export_link.txt", name=klass.name, url=url, hours=LINK_HOURS,

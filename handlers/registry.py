@@ -9,6 +9,7 @@ from functools import cached_property
 
 from sqlalchemy.orm import Session
 
+from bot.config import Settings
 from bot.messages import IncomingMessage, Reply
 from models.authz import Actor
 from models.catalogue import Catalogue, normalise
@@ -27,6 +28,7 @@ class Context:
     catalogue: Catalogue
     today: date
     msg: IncomingMessage
+    settings: Settings
 
     @cached_property
     def calendar(self) -> Calendar:
