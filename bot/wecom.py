@@ -51,8 +51,11 @@ class MalformedInput(ValueError):
 def _make_crypto(state: BlueprintSetupState) -> None:
     """One WeChatCrypto per app: the key is decoded once, not on every request."""
     settings = state.app.extensions["czk"].settings
-    state.app.extensions["wecom_crypto"] = WeChatCrypto(
-        settings.wecom_token, settings.wecom_aes_key, settings.wecom_corp_id)
+    try:
+        crypto = WeChatCrypto(settings.wecom_token, settings.wecom_aes_key, settings.wecom_corp_id)
+    except (AssertionError, binascii.Error) as exc:
+        raise RuntimeError("WECOM_AES_KEY must be the app's 43-character EncodingAESKey") from exc
+    state.app.extensions["wecom_crypto"] = crypto
 
 
 def _crypto() -> WeChatCrypto:
@@ -134,12 +137,22 @@ def _event_reply(service: Service, msg: IncomingMessage) -> str:
     return render("chat/welcome.txt")
 
 
+def _check_echostr(signature: str, timestamp: str, nonce: str, echostr: str) -> str:
+    try:
+        return _crypto().check_signature(signature, timestamp, nonce, echostr)
+    except InvalidSignatureException:
+        if " " not in echostr:
+            raise
+    # Base64 has no spaces: a space is a "+" that some hop left unescaped in the query.
+    return _crypto().check_signature(signature, timestamp, nonce, echostr.replace(" ", "+"))
+
+
 @wecom.get(PATH)
 def verify_url() -> Response:
     """URL verification: answer the decrypted echostr within WeCom's 1 s."""
     try:
         signature, timestamp, nonce, echostr = _query("msg_signature", "timestamp", "nonce", "echostr")
-        echo = _crypto().check_signature(signature, timestamp, nonce, echostr)
+        echo = _check_echostr(signature, timestamp, nonce, echostr)
     except InvalidSignatureException:
         log.warning("WeCom URL verification with a bad signature from %s", request.remote_addr)
         return _plain(403, "invalid signature")

@@ -73,7 +73,10 @@ class _Client(WeChatClient):
 
     @property
     def access_token(self) -> str:  # wechatpy's endpoints (client.user.get …) use the shared token
-        return self._token_source()
+        source = self.__dict__.get("_token_source")
+        if source is None:  # wechatpy's __new__ inspects every attribute before __init__ runs
+            raise AttributeError("access_token")
+        return source()
 
     def fetch_access_token(self) -> dict[str, Any]:
         """gettoken under our API base, with a timeout (wechatpy hard-codes the official URL)."""

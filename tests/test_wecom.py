@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -189,6 +190,10 @@ def test_published_sample_url_verification(serve):
     assert resp.status_code == 200
     assert resp.text == SAMPLE["plain"]
     assert resp.headers["Content-Type"].startswith("text/plain")
+
+    # A "+" left unescaped in the query (read as a space) still verifies.
+    raw = "&".join(f"{k}={v}" for k, v in params.items())
+    assert requests.get(f"{wecom.url}?{raw}", timeout=5).text == SAMPLE["plain"]
 
     forged = requests.get(wecom.url, params=dict(params, msg_signature="0" * 40), timeout=5)
     assert forged.status_code == 403
@@ -427,10 +432,14 @@ def test_expiry_and_token_live_in_redis(fake, redis_url):
     if not redis_url:
         pytest.skip("TEST_REDIS_URL is not set")
     client = redis.Redis.from_url(redis_url)
-    WeComAPI(api_settings(fake), client).access_token()
-    keys = [k for k in client.scan_iter("czk:wecom:token:*")]
-    ttls = [client.ttl(k) for k in keys]
-    assert any(7000 < ttl <= 7200 for ttl in ttls), ttls
+    api = WeComAPI(api_settings(fake), client)
+    token = api.access_token()
+    [key] = list(client.scan_iter(f"czk:wecom:token:*{api._token_key[-16:]}"))
+    stored = json.loads(client.get(key))
+    assert stored["token"] == token
+    assert abs(stored["expires_at"] - (time.time() + 7200)) < 30
+    assert 7000 < client.ttl(key) <= 7200
+    client.close()
 
 
 def test_concurrent_refresh_calls_gettoken_once(fake, token_store):
