@@ -42,6 +42,7 @@ class Settings:
     mp_aes_key: str | None = None
     mp_api_base: str | None = None
     catalogue_path: Path = field(default=ROOT / "models" / "catalogue.toml")
+    roster_cache_seconds: float = 30.0
     production: bool = False
 
     @property
@@ -94,6 +95,8 @@ def load_settings(overrides: dict | None = None) -> Settings:
         mp_api_base=_env("MP_API_BASE"),
         production=production,
     )
+    if _env("ROSTER_CACHE_SECONDS"):
+        values["roster_cache_seconds"] = float(_env("ROSTER_CACHE_SECONDS"))
     if _env("CATALOGUE_PATH"):
         values["catalogue_path"] = Path(_env("CATALOGUE_PATH"))
     values.update(overrides or {})

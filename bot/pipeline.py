@@ -13,7 +13,6 @@ from bot.messages import IncomingMessage, Reply
 from bot.service import Service
 from bot.templating import render
 from handlers.registry import Context, clean_text, registry
-from models.authz import load_actor
 from models.schema import ProcessedMessage
 
 log = logging.getLogger(__name__)
@@ -66,14 +65,15 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
 def _dispatch(service: Service, session, msg: IncomingMessage) -> Reply:  # noqa: ANN001
     if msg.kind != "text":
         return Reply(render("chat/not_text.txt"))
-    actor = load_actor(session, msg.sender)
+    directory = service.directory.get(session)
+    actor = directory.actor(session, msg.sender)
     if actor is None:
         return Reply(render("chat/unknown_sender.txt", userid=msg.sender))
     text = clean_text(msg.text)
     if not text:
         return Reply(render("chat/empty.txt"))
     ctx = Context(session=session, actor=actor, catalogue=service.catalogue,
-                  today=service.today(), msg=msg, settings=service.settings)
+                  today=service.today(), msg=msg, settings=service.settings, directory=directory)
     found = registry.resolve(text)
     if found is not None:
         cmd, args = found

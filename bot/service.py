@@ -10,6 +10,7 @@ from bot.config import Settings, load_settings
 from bot.dedupe import make_dedupe
 from models.catalogue import Catalogue, load_catalogue
 from models.db import make_engine, make_sessionmaker
+from models.directory import DirectoryCache
 
 
 class Service:
@@ -23,6 +24,7 @@ class Service:
         self.sessions = make_sessionmaker(self.engine)
         self.catalogue: Catalogue = load_catalogue(self.settings.catalogue_path)
         self.dedupe = make_dedupe(self.settings.redis_url)
+        self.directory = DirectoryCache(self.settings.roster_cache_seconds)
         self._clock = clock
 
     def now(self) -> datetime:

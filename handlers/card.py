@@ -10,6 +10,7 @@ from handlers.registry import Context, registry
 from models.authz import View, class_view, student_view, viewable_classes
 from models.catalogue import DOMAINS
 from models.periods import UNIT_OF_PERIOD
+from models.risk import warning_history
 from models.schema import SchoolClass, Staff, Student
 from models.scores import class_card, student_card
 
@@ -29,8 +30,8 @@ def _find_student(ctx: Context, token: str) -> Student | list[Student] | None:
     return list(found) or None
 
 
-def render_student_card(ctx: Context, student: Student, view: View) -> str:
-    """The card as the viewer may see it."""
+def render_student_card(ctx: Context, student: Student, view: View, warnings: list | None = None) -> str:
+    """The card as the viewer may see it (with the warning history, on the staff view)."""
     card, latest = student_card(ctx.session, ctx.catalogue, ctx.calendar, student.id, ctx.today,
                                 view.shows)
     term = ctx.calendar.term_for(ctx.today)
@@ -46,7 +47,7 @@ def render_student_card(ctx: Context, student: Student, view: View) -> str:
         "chat/card.txt", title=f"{student.name}（{student.school_class.name}）储值卡", term=term.label,
         card=card, domains=[d for d in card.domains if d.domain in view.domains],
         full=view.domains == frozenset(DOMAINS), compare=_compare_word(ctx),
-        latest=latest_lines, line_detail=_line_detail,
+        latest=latest_lines, line_detail=_line_detail, warnings=warnings or [],
     )
 
 
@@ -88,7 +89,7 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     view = student_view(actor, found.id, found.class_id)
     if not view.domains:
         return Reply(render("chat/card_out_of_scope.txt", name=found.name, actor=actor))
-    return Reply(render_student_card(ctx, found, view))
+    return Reply(render_student_card(ctx, found, view, warning_history(ctx.session, ctx.catalogue, found.id, view)))
 
 
 @registry.command("班级卡", audience="staff", summary="班级卡 <班级>：查看班级储值卡")

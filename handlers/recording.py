@@ -14,8 +14,10 @@ from sqlalchemy import select
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
 from handlers.registry import Context, registry
+from handlers.warnings import evaluate_recorded
 from models.authz import may_record, recordable_classes
 from models.catalogue import ScorePoint
+from models.directory import ClassInfo, Directory, StudentInfo
 from models.periods import PREVIOUS_WORDS, PeriodError, period_label, place
 from models.schema import RecordingBatch, SchoolClass, ScoreEntry, Student
 from models.scores import PlannedEntry, last_batch, record_entries, revoke
@@ -34,32 +36,24 @@ class LineError(ValueError):
 
 @dataclass
 class Roster:
-    """The students and classes a message may name, loaded once per message."""
+    """The students and classes a message may name, from the process's roster snapshot."""
 
-    classes_by_key: dict[str, SchoolClass]
-    students_by_no: dict[str, Student] = field(default_factory=dict)
-    students_by_name: dict[str, list[Student]] = field(default_factory=dict)
+    directory: Directory
+    students_by_no: dict[str, StudentInfo] = field(default_factory=dict)
+    students_by_name: dict[str, list[StudentInfo]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, ctx: Context) -> Roster:
-        classes = ctx.session.scalars(select(SchoolClass)).all()
-        keys: dict[str, SchoolClass] = {}
-        for c in classes:
-            keys[c.code] = c
-            keys.setdefault(c.name, c)
-        return cls(keys)
+        return cls(ctx.directory)
 
     def load_students(self, ctx: Context, class_ids: set[int] | None) -> None:
         """Students of the classes in scope (None: the whole college)."""
-        query = select(Student)
-        if class_ids is not None:
-            query = query.where(Student.class_id.in_(class_ids))
-        for s in ctx.session.scalars(query):
+        for s in self.directory.students_in(class_ids):
             self.students_by_no[s.student_no] = s
             self.students_by_name.setdefault(s.name, []).append(s)
 
-    def class_of(self, token: str) -> SchoolClass | None:
-        return self.classes_by_key.get(token)
+    def class_of(self, token: str) -> ClassInfo | None:
+        return self.directory.class_keys.get(token)
 
 
 def parse_value(point: ScorePoint, token: str | None) -> float:
@@ -156,13 +150,13 @@ class LineParser:
             raise LineError(f"“{name}”是班级采分点，请写班级编号或班级名称")
         return point
 
-    def _placement(self, point: ScorePoint, klass: SchoolClass, previous: str | None):  # noqa: ANN202
+    def _placement(self, point: ScorePoint, klass: ClassInfo, previous: str | None):  # noqa: ANN202
         try:
             return place(point.period, self.ctx.today, self.ctx.calendar, previous, klass.grade)
         except PeriodError as exc:
             raise LineError(str(exc)) from exc
 
-    def _class_point(self, name: str, points: dict[str, ScorePoint], klass: SchoolClass,
+    def _class_point(self, name: str, points: dict[str, ScorePoint], klass: ClassInfo,
                      tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
         point = points.get("班级")
         if point is None:
@@ -183,7 +177,7 @@ class LineParser:
                              at.semester_key)
         return point, [entry], f"{point.short} {klass.name} {point.display_value(value)}"
 
-    def _resolve_student(self, token: str, scope: set[int] | None, point: ScorePoint) -> Student:
+    def _resolve_student(self, token: str, scope: set[int] | None, point: ScorePoint) -> StudentInfo:
         self._ensure_students(scope)
         if token in self.roster.students_by_no:
             return self.roster.students_by_no[token]
@@ -222,10 +216,11 @@ class LineParser:
             shown.append(f"{student.name} {point.display_value(value)}")
         return point, entries, f"{point.short} {'、'.join(shown)}"
 
-    def _pairs(self, point: ScorePoint, tokens: list[str], scope: set[int] | None) -> list[tuple[Student, str | None]]:
+    def _pairs(self, point: ScorePoint, tokens: list[str],
+               scope: set[int] | None) -> list[tuple[StudentInfo, str | None]]:
         """Read `<学生> [<值>] <学生> [<值>] …`, splitting 张三95 into 张三 and 95."""
         self._ensure_students(scope)
-        pairs: list[tuple[Student, str | None]] = []
+        pairs: list[tuple[StudentInfo, str | None]] = []
         i = 0
         while i < len(tokens):
             token = tokens[i]
@@ -261,7 +256,7 @@ class LineParser:
         names = self.roster.students_by_name
         return token not in names and not (glued and glued.group(1) in names)
 
-    def _whole_class(self, name: str, points: dict[str, ScorePoint], klass: SchoolClass,
+    def _whole_class(self, name: str, points: dict[str, ScorePoint], klass: ClassInfo,
                      tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
         point = self._individual(name, points)
         if not may_record(self.ctx.actor, point, klass.id):
@@ -278,8 +273,7 @@ class LineParser:
             if raw is None:
                 raise LineError(f"{s.name}缺少值")
         at = self._placement(point, klass, previous)
-        students = self.ctx.session.scalars(
-            select(Student).where(Student.class_id == klass.id).order_by(Student.student_no)).all()
+        students = self.ctx.directory.students_by_class.get(klass.id, [])
         if not students:
             raise LineError(f"{klass.name}没有学生")
         entries = []
@@ -345,6 +339,7 @@ def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
     _batch, rows = record_entries(
         ctx.session, ctx.actor.audit_name, ctx.actor.staff_id, planned, text=msg.text,
         source=msg.channel, source_msg=msg.msg_key)
+    evaluate_recorded(ctx, rows)  # early warnings touched by these entries: outbox rows, same transaction
     ctx.session.flush()
     periods = sorted({(p.point.period, e.period_key) for p in plans for e in p.entries})
     return Reply(render(

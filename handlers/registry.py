@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
 
 from sqlalchemy.orm import Session
 
@@ -13,8 +12,8 @@ from bot.config import Settings
 from bot.messages import IncomingMessage, Reply
 from models.authz import Actor
 from models.catalogue import Catalogue, normalise
+from models.directory import Directory
 from models.periods import Calendar
-from models.scores import load_calendar
 
 Handler = Callable[[IncomingMessage, str, "Context"], Reply]
 
@@ -29,10 +28,11 @@ class Context:
     today: date
     msg: IncomingMessage
     settings: Settings
+    directory: Directory
 
-    @cached_property
+    @property
     def calendar(self) -> Calendar:
-        return load_calendar(self.session)
+        return self.directory.calendar
 
 
 @dataclass(frozen=True)

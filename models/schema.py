@@ -256,7 +256,7 @@ class PlanTask(Base):
     cycle: Mapped[int] = mapped_column(Integer)  # the plan year (事前 March … 事后 January)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     achievement: Mapped[int | None] = mapped_column(Integer)  # 达成度 reported in 事后
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open|done
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|done|carried (into the 整改清单)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     note: Mapped[str | None] = mapped_column(Text)
     carried_from_id: Mapped[int | None] = mapped_column(ForeignKey("plan_task.id"))  # 整改清单
@@ -276,4 +276,83 @@ class PlanTaskUpdate(Base):
     kind: Mapped[str] = mapped_column(String(16))  # progress|done|achievement
     value: Mapped[int | None] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RiskWarning(Base):
+    """An early warning about one student in one category (学业, 违纪, 心理健康 …); #N is its id.
+
+    At most one is open per (student, category): `open_key` holds "student/category" while
+    open and NULL once closed, under a unique constraint (NULLs never collide, on SQLite and
+    PostgreSQL alike), so new evidence updates the open warning instead of opening a twin.
+    """
+
+    __tablename__ = "risk_warning"
+    __table_args__ = (Index("ix_risk_warning_student", "student_id", "category"),
+                      Index("ix_risk_warning_status", "status", "opened_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("student.id"))
+    category: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(8))  # 关注 | 预警 | 严重
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | handled | false_alarm
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    summary: Mapped[str] = mapped_column(Text, default="")  # the current evidence, one line per rule
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    escalated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_by: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    close_note: Mapped[str | None] = mapped_column(Text)
+
+    student: Mapped[Student] = relationship()
+
+
+class RiskWarningEvent(Base):
+    """Append-only history of a warning: opened, raised, evidence, flagged, escalated, handled, false_alarm."""
+
+    __tablename__ = "risk_warning_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warning_id: Mapped[int] = mapped_column(ForeignKey("risk_warning.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))  # None: the rules
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    level: Mapped[str | None] = mapped_column(String(8))
+    rule_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    signature: Mapped[str | None] = mapped_column(String(300))  # the evidence, to tell new from known
+    evidence: Mapped[str | None] = mapped_column(Text)  # JSON: [{point, text, on}, …]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class RiskWarningRecipient(Base):
+    """Who a warning is routed (or escalated) to, and by which relation to the student."""
+
+    __tablename__ = "risk_warning_recipient"
+    __table_args__ = (UniqueConstraint("warning_id", "staff_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warning_id: Mapped[int] = mapped_column(ForeignKey("risk_warning.id"), index=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"), index=True)
+    relation: Mapped[str] = mapped_column(String(16))  # 班主任 | 辅导员 | 任课教师 | 学工办 | 系部主任
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RiskNotice(Base):
+    """A person told about one event of a warning, alone or in a weekly bundle: never told twice."""
+
+    __tablename__ = "risk_notice"
+    __table_args__ = (UniqueConstraint("warning_id", "staff_id", "event_key"),
+                      Index("ix_risk_notice_week", "staff_id", "week"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warning_id: Mapped[int] = mapped_column(ForeignKey("risk_warning.id"))
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    event_key: Mapped[str] = mapped_column(String(48))  # opened | raised:严重 | escalated | flag:E | handled
+    week: Mapped[str] = mapped_column(String(10))  # ISO week, for the weekly cap
+    bundled: Mapped[bool] = mapped_column(Boolean, default=False)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_message.id"))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from models.card import Card, Entry, build_card, derive_class_values, point_values, with_previous
@@ -41,28 +41,30 @@ def _subject_key(e: ScoreEntry | PlannedEntry) -> str:
     return f"{who}/{code}/{e.period_key}"
 
 
-def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, ScoreEntry]:
-    """The live entries that replacing records supersede, by subject key: one query per point and period.
+def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, tuple[int, float]]:
+    """(entry id, value) of the live entries that replacing records supersede, by subject key.
 
-    Count and observation points add rather than replace, so they supersede nothing.
+    One query per point and period; count and observation points add rather than
+    replace, so they supersede nothing.
     """
     groups: dict[tuple[str, str, str], list[PlannedEntry]] = {}
     for p in planned:
         if not (p.point.accumulates or p.point.is_observation):
             groups.setdefault((p.point.code, p.period_key, p.semester_key), []).append(p)
-    found: dict[str, ScoreEntry] = {}
+    found: dict[str, tuple[int, float]] = {}
     for (code, period, semester), group in groups.items():
         students = [p.student_id for p in group if p.student_id]
         classes = [p.class_id for p in group if not p.student_id]
         subject = or_(ScoreEntry.student_id.in_(students), ScoreEntry.class_id.in_(classes))
-        rows = session.scalars(
-            select(ScoreEntry)
+        rows = session.execute(
+            select(ScoreEntry.id, ScoreEntry.student_id, ScoreEntry.class_id, ScoreEntry.value)
             .where(subject, ScoreEntry.point_code == code, ScoreEntry.period_key == period,
                    ScoreEntry.semester_key == semester, ScoreEntry.revoked_at.is_(None))
             .order_by(ScoreEntry.id)
         )
-        for row in rows:
-            found[_subject_key(row)] = row  # ascending ids: the newest wins
+        for r in rows:
+            who = f"student:{r.student_id}" if r.student_id else f"class:{r.class_id}"
+            found[f"{who}/{code}/{period}"] = (r.id, r.value)  # ascending ids: the newest wins
     return found
 
 
@@ -71,31 +73,34 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
                    source_msg: str | None = None) -> tuple[RecordingBatch, list[ScoreEntry]]:
     """Write one recording (a message or an import) with an audit row per entry.
 
-    The caller commits: the whole message is one transaction.
+    Core inserts (a round trip per table, whatever the number of entries); the
+    returned rows are detached copies. The caller commits: one message, one transaction.
     """
-    batch = RecordingBatch(recorder_id=recorder_id, source=source, source_msg=source_msg, text=text)
-    session.add(batch)
+    now = utcnow()
     session.flush()
+    batch_id = session.execute(insert(RecordingBatch).values(
+        recorder_id=recorder_id, source=source, source_msg=source_msg, text=text, created_at=now,
+    ).returning(RecordingBatch.id)).scalar_one()
     superseded = _superseded(session, planned)
-    rows = []
-    for p in planned:
+    values = [dict(
+        point_code=p.point.code, student_id=p.student_id, class_id=p.class_id, period_key=p.period_key,
+        semester_key=p.semester_key, occurred_on=p.occurred_on, value=p.value, recorder_id=recorder_id,
+        batch_id=batch_id, source=source, source_msg=source_msg, created_at=now,
+    ) for p in planned]
+    ids = session.scalars(insert(ScoreEntry).returning(ScoreEntry.id, sort_by_parameter_order=True),
+                          values).all()
+    audits = []
+    for p, entry_id, v in zip(planned, ids, values, strict=True):
         previous = superseded.get(_subject_key(p))
-        row = ScoreEntry(
-            point_code=p.point.code, student_id=p.student_id, class_id=p.class_id,
-            period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on,
-            value=p.value, recorder_id=recorder_id, batch_id=batch.id, source=source,
-            source_msg=source_msg,
-        )
-        session.add(row)
-        rows.append((row, p, previous))
-    session.flush()
-    for row, p, previous in rows:
-        session.add(AuditLog(
-            actor=actor_name, action="record", entity="score_entry", entity_key=_subject_key(p),
-            old_value=None if previous is None else json.dumps({"entry": previous.id, "value": previous.value}),
-            new_value=json.dumps({"entry": row.id, "value": row.value}), source_msg=source_msg,
+        audits.append(dict(
+            at=now, actor=actor_name, action="record", entity="score_entry", entity_key=_subject_key(p),
+            old_value=None if previous is None else json.dumps({"entry": previous[0], "value": previous[1]}),
+            new_value=json.dumps({"entry": entry_id, "value": v["value"]}), source_msg=source_msg,
         ))
-    return batch, [r for r, _p, _prev in rows]
+    session.execute(insert(AuditLog), audits)
+    batch = RecordingBatch(id=batch_id, recorder_id=recorder_id, source=source, source_msg=source_msg,
+                           text=text, created_at=now)
+    return batch, [ScoreEntry(id=i, **v) for i, v in zip(ids, values, strict=True)]
 
 
 def last_batch(session: Session, recorder_id: int) -> RecordingBatch | None:

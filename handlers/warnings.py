@@ -1,0 +1,222 @@
+"""预警 in chat: my open warnings, raising a flag, 处理 #N and 误报 #N (PRODUCT.md §5).
+
+Also the check right after a recording (`evaluate_recorded`), called by handlers/recording.py
+inside the recording's transaction: it writes warnings and outbox rows, never delivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from bot.messages import IncomingMessage, Reply
+from bot.templating import render
+from handlers.registry import Context, registry
+from models import risk
+from models.authz import Actor, student_view, viewable_classes
+from models.catalogue import ROLES, normalise
+from models.schema import RiskWarning, ScoreEntry, Staff, Student
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 10  # warnings listed in one reply (the rest: "…另有 N 条")
+NOTE_LIMIT = 300  # characters of a 说明 kept in a message
+ACTION_ARGS = re.compile(r"^#?\s*(\d+)\s*(.*)$", re.S)
+EVENT_WORDS = {
+    "opened": "开启", "raised": "升级", "evidence": "新证据", "flagged": "人工反映",
+    "escalated": "督办", "handled": "处理", "false_alarm": "误报",
+}
+
+
+def _reply(template: str, **context: object) -> Reply:
+    return Reply(risk.fit(render(f"chat/{template}.txt", **context)))
+
+
+def evaluate_recorded(ctx: Context, entries: Sequence[ScoreEntry]) -> None:
+    """Evaluate the rules the new entries touch, for their students, in the recording's transaction.
+
+    Inside a savepoint: should the evaluation fail, the recording the sender asked for still
+    stands (and the daily scan evaluates the same rules again); the failure is logged.
+    """
+    try:
+        with ctx.session.begin_nested():
+            risk.evaluate_entries(ctx.session, ctx.catalogue, ctx.calendar, entries, risk.moment(ctx.today),
+                                  ctx.today)
+    except Exception:  # noqa: BLE001 - any failure here must not cost the recording
+        log.exception("early-warning evaluation failed after recording %s", [e.id for e in entries][:5])
+
+
+def _person(ctx: Context, class_id: int | None = None) -> risk.Person:
+    """The sender, named with the role that relates them to a class (任课教师 of it, say)."""
+    actor = ctx.actor
+    assert actor.staff_id is not None
+    role = next((r for r in ROLES if r in actor.roles and (
+        class_id is None or (scope := actor.classes_for_role(r)) is None or class_id in scope)), "")
+    return risk.Person(actor.staff_id, actor.name, actor.audit_name, role)
+
+
+@registry.command("预警", audience="staff",
+                  summary="预警：我的待处理预警；预警 <学生> <类别> <说明>：提出预警"
+                          "（类别：学业、违纪、心理健康、理财、就业困难）")
+def warnings_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """No arguments: my open warnings; `#N`: one warning; otherwise a manual flag."""
+    if not args:
+        return _list(ctx)
+    single = args.replace("# ", "#").split()
+    if len(single) == 1 and single[0].lstrip("#").isdigit():
+        return _detail(ctx, int(single[0].lstrip("#")))
+    return _flag(ctx, args, msg.text)
+
+
+def _list(ctx: Context) -> Reply:
+    assert ctx.actor.staff_id is not None
+    book = risk.rule_book(ctx.catalogue)
+    mine = risk.open_warnings_for(ctx.session, ctx.actor.staff_id)
+    if not mine:
+        return _reply("warning_none", categories=list(book.categories))
+    views = risk.warning_views(ctx.session, book, mine[:LIST_LIMIT])
+    items = [views[w.id] for w in mine[:LIST_LIMIT]]
+    return _reply("warning_list", items=items, total=len(mine), more=len(mine) - len(items))
+
+
+def _detail(ctx: Context, number: int) -> Reply:
+    warning = ctx.session.get(RiskWarning, number)
+    if warning is None:
+        return _reply("warning_not_found", number=number)
+    if risk.recipient(ctx.session, warning, ctx.actor.staff_id) is None:
+        return _reply("warning_not_yours", number=number, verb="查看")
+    book = risk.rule_book(ctx.catalogue)
+    events = [_event_line(book, e) for e in risk.history(ctx.session, warning)]
+    return _reply("warning_detail", w=risk.warning_view(ctx.session, book, warning), events=events,
+                  routed=risk.routed_names(ctx.session, warning))
+
+
+def _event_line(book: risk.RuleBook, event) -> str:  # noqa: ANN001 - a RiskWarningEvent
+    """`11-19 12:00 升级为严重 本学期违纪3次及以上` or `11-20 09:10 处理 王芳：已约谈`."""
+    word = EVENT_WORDS.get(event.kind, event.kind)
+    if event.kind == "raised":
+        word += f"为{event.level}"
+    elif event.kind == "opened":
+        word += f"（{event.level}）"
+    when = f"{risk.local(event.at):%m-%d %H:%M}"
+    if event.actor_id is not None:
+        who = re.sub(r"\(.*\)$", "", event.actor)
+        return f"{when} {word} {who}：{event.note or ''}".rstrip("：")
+    rule = book.by_id.get(event.rule_id or "")
+    detail = rule.title if rule else (event.note or "")
+    return f"{when} {word} {detail}".rstrip()
+
+
+def _find_student(ctx: Context, token: str) -> Student | list[Student] | None:
+    """A student by 学号, or by name among the classes the sender may see (a list when ambiguous)."""
+    by_no = ctx.session.scalar(select(Student).where(Student.student_no == token))
+    if by_no is not None:
+        return by_no
+    scope = viewable_classes(ctx.actor)
+    query = select(Student).where(Student.name == token)
+    if scope is not None:
+        query = query.where(Student.class_id.in_(scope))
+    found = ctx.session.scalars(query.order_by(Student.student_no)).all()
+    if len(found) == 1:
+        return found[0]
+    return list(found) or None
+
+
+def _own_words(raw: str, tokens: Sequence[str], cleaned: str) -> str:
+    """The 说明 as the sender typed it (punctuation kept): the raw text after `tokens`, in order.
+
+    The pipeline's cleaning turns ，、； into spaces, which is right for parsing, not for a note.
+    """
+    for text in (raw.strip(), normalise(raw)):
+        at = 0
+        for token in tokens:
+            found = text.find(token, at)
+            if found < 0:
+                break
+            at = found + len(token)
+        else:
+            tail = text[at:].strip(" ,;:、，；：\t\n\u3000")
+            return tail or cleaned
+    return cleaned
+
+
+def _flag(ctx: Context, args: str, raw: str) -> Reply:
+    """`<学生> <类别> [级别] <说明>`: open (or add to) the category's warning."""
+    book = risk.rule_book(ctx.catalogue)
+    parts = args.split(maxsplit=2)
+    categories = list(book.categories)
+    if len(parts) < 3:
+        return _reply("warning_usage", categories=categories)
+    token, category_token, note = parts
+    category = book.category(category_token)
+    if category is None:
+        return _reply("warning_bad_category", token=category_token, categories=categories)
+    level = None
+    first, _, rest = note.partition(" ")
+    if first in risk.LEVELS:
+        level, note = first, rest.strip()
+    if not note:
+        return _reply("warning_usage", categories=categories)
+    note = _own_words(raw, ["预警", token, category_token, *([level] if level else [])], note)
+    if viewable_classes(ctx.actor) == set():  # 院领导, 管理员: aggregates only, no individual cases
+        return _reply("warning_out_of_scope", name=token)
+    found = _find_student(ctx, token)
+    if found is None:
+        return Reply(render("chat/student_not_found.txt", token=token))
+    if isinstance(found, list):
+        return Reply(render("chat/student_ambiguous.txt", token=token, students=found))
+    if not _may_flag(ctx.actor, found):
+        return _reply("warning_out_of_scope", name=found.name)
+    author = _person(ctx, found.class_id)
+    warning, created, routed = risk.raise_flag(
+        ctx.session, ctx.catalogue, found, category, level, note[:NOTE_LIMIT], author,
+        risk.moment(ctx.today), ctx.today)
+    mine = risk.recipient(ctx.session, warning, author.staff_id) is not None
+    return _reply("warning_flagged", w=risk.warning_view(ctx.session, book, warning), created=created,
+                  routed=routed, author_told=not mine)
+
+
+def _may_flag(actor: Actor, student: Student) -> bool:
+    """Any staff member who may see the student's card may flag them."""
+    return bool(student_view(actor, student.id, student.class_id).domains)
+
+
+def _act(ctx: Context, args: str, raw: str, false_alarm: bool) -> Reply:
+    verb = "标记误报" if false_alarm else "处理"
+    match = ACTION_ARGS.match(args)
+    if not match:
+        return _reply("warning_action_usage", false_alarm=false_alarm)
+    number, note = int(match.group(1)), match.group(2).strip()
+    warning = ctx.session.get(RiskWarning, number)
+    if warning is None:
+        return _reply("warning_not_found", number=number)
+    if risk.recipient(ctx.session, warning, ctx.actor.staff_id) is None:
+        return _reply("warning_not_yours", number=number, verb=verb)
+    if warning.status != risk.OPEN:
+        closer = ctx.session.get(Staff, warning.closed_by) if warning.closed_by else None
+        return _reply("warning_closed_already", number=number, when=risk.local(warning.closed_at),
+                      who=closer.name if closer else "", false_alarm=warning.status == risk.FALSE_ALARM)
+    if not note:
+        return _reply("warning_action_usage", false_alarm=false_alarm, number=number)
+    note = _own_words(raw, ["误报" if false_alarm else "处理", match.group(1)], note)
+    person = _person(ctx, warning.student.class_id)
+    told = risk.close_warning(ctx.session, ctx.catalogue, warning, person, note[:NOTE_LIMIT], false_alarm,
+                              risk.moment(ctx.today), ctx.today)
+    book = risk.rule_book(ctx.catalogue)
+    return _reply("warning_closed", w=risk.warning_view(ctx.session, book, warning), false_alarm=false_alarm,
+                  told=len(told))
+
+
+@registry.command("处理", "已处理", audience="staff", summary="处理 #N <说明>：记录对预警 #N 的处理并关闭")
+def handle_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """Record what was done about warning #N and close it."""
+    return _act(ctx, args, msg.text, false_alarm=False)
+
+
+@registry.command("误报", audience="staff", summary="误报 #N <说明>：预警 #N 属误报，关闭并计入规则误报率")
+def false_alarm_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
+    """Close warning #N as a false alarm (counted against the rules that raised it)."""
+    return _act(ctx, args, msg.text, false_alarm=True)
