@@ -1204,6 +1204,27 @@ def scan(session: Session, catalogue: Catalogue, cal: Calendar, now: datetime, t
     return out
 
 
+# A new value at or above a "below" threshold cannot newly bring a mean or latest value
+# below it, so such a recording (the everyday "全勤率 … 100") costs the callback nothing.
+# The one exception, a replacement that lowers a period's value while staying above the
+# line, is caught by the daily scan.
+TREND_LOW_CARD_POINTS = 70.0
+
+
+def could_raise(rule: Rule, entries: Sequence[ScoreEntry]) -> bool:
+    """Can these new entries make the rule's condition hold where it did not before?"""
+    if rule.when is None or rule.when.op not in ("<", "<="):
+        return True
+    return any(e.point_code in rule.points and rule.when.holds(e.value) for e in entries)
+
+
+def _lowers(catalogue: Catalogue, entries: Sequence[ScoreEntry], domain: str) -> bool:
+    """Does any new entry of the domain score low enough to pull a subtotal down?"""
+    return any(e.point_code in catalogue.by_code and catalogue.by_code[e.point_code].domain == domain
+               and catalogue.by_code[e.point_code].card_points(e.value) < TREND_LOW_CARD_POINTS
+               for e in entries)
+
+
 def evaluate_entries(session: Session, catalogue: Catalogue, cal: Calendar, entries: Sequence[ScoreEntry],
                      now: datetime, today: date) -> Outcome:
     """Right after a recording: the rules whose points (or trend domain) it touched, for its students."""
@@ -1216,7 +1237,8 @@ def evaluate_entries(session: Session, catalogue: Catalogue, cal: Calendar, entr
     domains = {catalogue.by_code[c].domain for c in codes if c in catalogue.by_code
                and catalogue.by_code[c].kind in ("rate", "score")}
     rules = [r for r in book.automatic()
-             if (r.kind == "threshold" and codes & set(r.points)) or (r.kind == "trend" and r.domain in domains)]
+             if (r.kind == "threshold" and codes & set(r.points) and could_raise(r, entries))
+             or (r.kind == "trend" and r.domain in domains and _lowers(catalogue, entries, r.domain))]
     if not rules:
         return Outcome()
     notifier = Notifier(session, book, today)
