@@ -205,3 +205,17 @@ def test_killed_mid_batch_loses_nothing_and_doubles_nothing(service, settings, f
     assert len(unknown) <= 1 and all("无法确定" in r.last_error for r in unknown)
     for r in sent:
         assert fake.received[r.recipient] == [f"给{r.recipient}的提醒"]
+
+
+def test_the_administrator_sees_failed_deliveries_in_chat(service, fake, session, db_url, today):
+    from tests.chat import make_service, say
+    from tests.factories import small_college
+
+    small_college(session)
+    fake.known_users = {"wangfang"}
+    queue(service, ("ghost", "weekend_reminders", "2025-W47", "提醒"))
+    make_deliverer(service).flush(NOW)
+    chat = make_service(db_url, today)
+    reply = say(chat, "admin", "发送失败")
+    assert "共 1 条消息未能送达" in reply and "ghost" in reply and "invaliduser" in reply
+    assert "管理员" in say(chat, "wangfang", "发送失败") or "不能使用" in say(chat, "wangfang", "发送失败")
