@@ -6,7 +6,7 @@ import logging
 import time
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import handlers  # noqa: F401  (registers every command)
 from bot.messages import IncomingMessage, Reply
@@ -42,12 +42,14 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
     if key and not service.dedupe.claim(key):
         return _await_twin(service, key)
     try:
-        with service.sessions() as session:
-            reply = _dispatch(service, session, msg)
-            if key:
-                session.add(ProcessedMessage(msg_key=key, sender=msg.sender, reply=reply.text))
-            session.commit()
-            return reply
+        try:
+            return _handle_once(service, msg, key)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # A pooled connection the server had dropped (a restart): nothing was written; once more.
+            log.warning("database connection lost; handling %s again on a fresh one", key)
+            return _handle_once(service, msg, key)
     except IntegrityError:
         # The same message committed by another worker while Redis was unavailable.
         if key:
@@ -60,6 +62,15 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
     if key:
         service.dedupe.release(key)
     return Reply(render("chat/error.txt"))
+
+
+def _handle_once(service: Service, msg: IncomingMessage, key: str | None) -> Reply:
+    with service.sessions() as session:
+        reply = _dispatch(service, session, msg)
+        if key:
+            session.add(ProcessedMessage(msg_key=key, sender=msg.sender, reply=reply.text))
+        session.commit()
+        return reply
 
 
 def _dispatch(service: Service, session, msg: IncomingMessage) -> Reply:  # noqa: ANN001

@@ -41,6 +41,8 @@ def evaluate_recorded(ctx: Context, entries: Sequence[ScoreEntry]) -> None:
     Inside a savepoint: should the evaluation fail, the recording the sender asked for still
     stands (and the daily scan evaluates the same rules again); the failure is logged.
     """
+    if not risk.rules_touched(risk.rule_book(ctx.catalogue), ctx.catalogue, entries):
+        return  # the everyday case: nothing these values could trigger, no savepoint either
     try:
         with ctx.session.begin_nested():
             risk.evaluate_entries(ctx.session, ctx.catalogue, ctx.calendar, entries, risk.moment(ctx.today),

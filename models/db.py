@@ -25,7 +25,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # No pre-ping (a round trip per message); connections are recycled before servers drop them,
+    # and a connection that died anyway fails one message, which WeChat retries.
+    return create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=10)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

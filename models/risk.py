@@ -1225,21 +1225,24 @@ def _lowers(catalogue: Catalogue, entries: Sequence[ScoreEntry], domain: str) ->
                for e in entries)
 
 
+def rules_touched(book: RuleBook, catalogue: Catalogue, entries: Sequence[ScoreEntry]) -> list[Rule]:
+    """The automatic rules that these new entries could trigger."""
+    codes = {e.point_code for e in entries if e.student_id}
+    domains = {catalogue.by_code[c].domain for c in codes if c in catalogue.by_code
+               and catalogue.by_code[c].kind in ("rate", "score")}
+    return [r for r in book.automatic()
+            if (r.kind == "threshold" and codes & set(r.points) and could_raise(r, entries))
+            or (r.kind == "trend" and r.domain in domains and _lowers(catalogue, entries, r.domain))]
+
+
 def evaluate_entries(session: Session, catalogue: Catalogue, cal: Calendar, entries: Sequence[ScoreEntry],
                      now: datetime, today: date) -> Outcome:
     """Right after a recording: the rules whose points (or trend domain) it touched, for its students."""
     now = _utc(now)
     book = rule_book(catalogue)
     students = sorted({e.student_id for e in entries if e.student_id})
-    codes = {e.point_code for e in entries if e.student_id}
-    if not students:
-        return Outcome()
-    domains = {catalogue.by_code[c].domain for c in codes if c in catalogue.by_code
-               and catalogue.by_code[c].kind in ("rate", "score")}
-    rules = [r for r in book.automatic()
-             if (r.kind == "threshold" and codes & set(r.points) and could_raise(r, entries))
-             or (r.kind == "trend" and r.domain in domains and _lowers(catalogue, entries, r.domain))]
-    if not rules:
+    rules = rules_touched(book, catalogue, entries)
+    if not students or not rules:
         return Outcome()
     notifier = Notifier(session, book, today)
     out = apply_findings(session, book, find(session, book, catalogue, cal, today, rules, students),

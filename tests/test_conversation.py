@@ -317,3 +317,16 @@ def test_next_week_records_into_a_new_period(college, db_url, session, redis_url
     say(make_service(db_url, today, redis_url), "wangfang", "全勤率 张三 90")
     say(make_service(db_url, today + timedelta(days=7), redis_url), "wangfang", "全勤率 张三 70")
     assert sorted(e.period_key for e in live_entries(session, "A03")) == ["2025-W47", "2025-W48"]
+
+
+def test_a_dropped_database_connection_costs_no_message(svc, session, db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("terminating server connections needs PostgreSQL")
+    assert "已记录" in say(svc, "wangfang", "全勤率 张三 95")
+    from sqlalchemy import text
+
+    session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    session.commit()
+    assert "已记录" in say(svc, "wangfang", "全勤率 李四 90")
+    assert values_by_student(session, "A03") == {"张三": 95.0, "李四": 90.0}
