@@ -1,3 +1,3 @@
 """Importing this module registers every scheduled job."""
 
-from scheduler import plan_cycle, reminders, risk_jobs, weekly_card  # noqa: F401
+from scheduler import digest_jobs, plan_cycle, reminders, risk_jobs, weekly_card  # noqa: F401

@@ -1,0 +1,559 @@
+"""College-scale benchmark: the weekly digest, the daily risk scan and card queries on PostgreSQL.
+
+    .venv/bin/python bench/college.py [--students 15000] [--staff 600] [--weeks 18] [--keep-db]
+
+Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
+1. creates a fresh database (`czk_college`, or --db), migrates it (bot.cli.upgrade_database)
+   and generates a college with COPY: departments, classes of 40, students, staff with roles,
+   teaching assignments, a semester of score entries (each week 5–6 observed class sessions
+   of 准时率 / 预习完成率 / 作业完成率, 全勤率 and 宿舍得分; monthly 满勤率; a few counts; the
+   学年初 and 第一学期中 documents; the class's 满勤率): about 5 million rows for 15,000
+   students and 18 weeks; one RecordingBatch per recording; some warnings and plan tasks;
+2. measures, as of Monday 07:50 after the last week:
+   - the raw digest aggregate (per class and point, the means of the last two weeks) and the
+     digest for every recipient (models.digest: build once, slice, render; not delivered);
+   - the raw scan aggregate (per student, the rule points over each rule's window, the
+     windows from models/risk_rules.toml) and the daily risk scan (models.risk.scan, rolled back);
+   - 1,000 card queries (models.scores.student_card for random students): p50 and p99;
+   - the peak RSS of the process;
+3. prints each figure, its ratio to its raw aggregate and PASS/FAIL per target
+   (digest and scan ≤ 3 × raw, card p99 ≤ 20 ms, peak RSS ≤ 300 MB);
+4. drops the database unless --keep-db.
+
+Generation streams rows to COPY class by class, so memory stays flat whatever the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import random
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+NULL = "\\N"  # COPY's NULL
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from bot.cli import upgrade_database  # noqa: E402
+from models.catalogue import load_catalogue  # noqa: E402
+from models.db import make_engine, make_sessionmaker  # noqa: E402
+from models.periods import week_key  # noqa: E402
+
+TZ = ZoneInfo("Asia/Shanghai")
+TERM_START = date(2025, 9, 1)  # a Monday
+TERM_END = date(2026, 1, 18)
+YEAR, TERM_KEY = "2025-2026", "2025-2026-1"
+CLASS_SIZE = 40
+SESSION_POINTS = ("A02", "A05", "A06")  # 准时率, 预习完成率, 作业完成率 (每次课前)
+TARGET_RATIO = 3.0
+TARGET_CARD_P99_MS = 20.0
+TARGET_RSS_MB = 300.0
+
+_PROFILES = (("good", 0.80), ("ok", 0.14), ("weak", 0.06))
+_LATE = {"good": 0.02, "ok": 0.07, "weak": 0.2}
+_A03 = {"good": [100] * 9 + [95], "ok": [100, 100, 95, 95, 90, 85], "weak": [95, 90, 85, 80, 75, 70, 60]}
+_A06 = {"good": [100] * 8 + [80, 60], "ok": [100] * 5 + [80, 60, 0], "weak": [100, 100, 80, 60, 0, 0]}
+_A05 = {"good": [100] * 6 + [80, 60, 0], "ok": [100, 100, 100, 80, 60, 0], "weak": [100, 80, 60, 0, 0]}
+_B09 = {"good": (85, 98), "ok": (78, 95), "weak": (65, 90)}
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ── the database ─────────────────────────────────────────────────────────────
+
+def admin_dsn(host: str, port: int, user: str) -> str:
+    return f"host={host} port={port} user={user} dbname=postgres"
+
+
+def recreate_database(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ── the college ──────────────────────────────────────────────────────────────
+
+@dataclass
+class Layout:
+    """Who is who: ids are assigned here and written with COPY."""
+
+    departments: list[str] = field(default_factory=list)
+    staff: list[tuple[int, str, str, str, int | None]] = field(default_factory=list)  # id, no, name, roles, dept
+    # id, code, dept, grade, head, counsellor
+    classes: list[tuple[int, str, int, int, int, int]] = field(default_factory=list)
+    teaching: list[tuple[int, int, str]] = field(default_factory=list)  # staff, class, course
+    office: dict[int, int] = field(default_factory=dict)  # department → 学工办 staff id
+    research: dict[int, int] = field(default_factory=dict)  # department → 教研室 staff id
+    heads: dict[int, int] = field(default_factory=dict)  # department → 系部主任 staff id
+    students: int = 0
+
+
+def plan_layout(n_students: int, n_staff: int) -> Layout:
+    """Departments, classes of 40, staff with roles, teaching assignments."""
+    n_classes = math.ceil(n_students / CLASS_SIZE)
+    n_depts = max(2, min(12, n_classes // 30))
+    lay = Layout(departments=[f"第{i + 1:02d}系" for i in range(n_depts)], students=n_students)
+    next_id = iter(range(1, 10**7))
+
+    def add(roles: str, dept: int | None) -> int:
+        sid = next(next_id)
+        lay.staff.append((sid, f"T{sid:05d}", f"教师{sid:05d}", roles, dept))
+        return sid
+
+    for _ in range(3):
+        add("院领导", None)
+    add("管理员", None)
+    for d in range(1, n_depts + 1):
+        lay.heads[d] = add("系部主任", d)
+        lay.office[d] = add("学工办", d)
+        lay.research[d] = add("教研室", d)
+    dept_of_class = [1 + (c * n_depts) // n_classes for c in range(n_classes)]
+    counsellors: dict[int, list[int]] = {}
+    for d in range(1, n_depts + 1):
+        count = max(1, math.ceil(dept_of_class.count(d) / 6))
+        counsellors[d] = [add("辅导员", d) for _ in range(count)]
+    class_heads = [add("班主任,任课教师", dept_of_class[c]) for c in range(n_classes)]
+    pe = [add("体育老师", None) for _ in range(max(1, math.ceil(n_classes / 20)))]
+    teachers: dict[int, list[int]] = {d: [] for d in range(1, n_depts + 1)}
+    spare = max(n_depts, n_staff - len(lay.staff))
+    for i in range(spare):
+        d = 1 + i % n_depts
+        teachers[d].append(add("任课教师", d))
+    per_dept_index: dict[int, int] = {}
+    for c in range(n_classes):
+        cid = c + 1
+        d = dept_of_class[c]
+        k = per_dept_index.get(d, 0)
+        per_dept_index[d] = k + 1
+        counsellor = counsellors[d][k // 6 % len(counsellors[d])]
+        lay.classes.append((cid, f"C{cid:04d}", d, 2023 + c % 3, class_heads[c], counsellor))
+        pool = teachers[d]
+        lay.teaching.append((class_heads[c], cid, "专业课一"))
+        lay.teaching.append((pool[(2 * k) % len(pool)], cid, "专业课二"))
+        lay.teaching.append((pool[(2 * k + 1) % len(pool)], cid, "公共课"))
+        lay.teaching.append((pe[c % len(pe)], cid, "体育"))
+    return lay
+
+
+def _copy(cur: psycopg.Cursor, table: str, columns: str, rows: Iterator[str]) -> int:
+    """COPY text rows (tab-separated, \\N for NULL) into `table`, streamed in chunks."""
+    n = 0
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as cp:
+        buf = io.StringIO()
+        for line in rows:
+            buf.write(line)
+            n += 1
+            if n % 50_000 == 0:
+                cp.write(buf.getvalue())
+                buf = io.StringIO()
+        cp.write(buf.getvalue())
+    return n
+
+
+@dataclass
+class Generated:
+    entries: int = 0
+    batches: int = 0
+    warnings: int = 0
+
+
+def generate(dsn: str, lay: Layout, weeks: int, seed: int = 11) -> Generated:
+    """Write the college with COPY; indexes of score_entry are rebuilt after the load."""
+    rng = random.Random(seed)
+    out = Generated()
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SET session_replication_role = replica")  # no FK triggers during the load
+        cur.execute("INSERT INTO semester (year, term, start, \"end\") VALUES (%s, 1, %s, %s), (%s, 2, %s, %s)",
+                    (YEAR, TERM_START, TERM_END, YEAR, date(2026, 2, 23), date(2026, 7, 10)))
+        _copy(cur, "department", "id, name, head_staff_no",
+              (f"{i}\t{name}\tT{lay.heads[i]:05d}\n" for i, name in enumerate(lay.departments, start=1)))
+        _copy(cur, "staff", "id, staff_no, name, wecom_userid, roles, department_id",
+              (f"{sid}\t{no}\t{name}\tu{no}\t{roles}\t{dept or NULL}\n"
+               for sid, no, name, roles, dept in lay.staff))
+        _copy(cur, "school_class", "id, code, name, department_id, grade, head_teacher_id, counsellor_id",
+              (f"{cid}\t{code}\t{code}班\t{d}\t{g}\t{h}\t{c}\n" for cid, code, d, g, h, c in lay.classes))
+        _copy(cur, "teaching_assignment", "id, staff_id, class_id, course",
+              (f"{i}\t{s}\t{c}\t{course}\n" for i, (s, c, course) in enumerate(lay.teaching, start=1)))
+        profiles: list[str] = []
+        students_of: dict[int, range] = {}
+
+        def students() -> Iterator[str]:
+            sid = 0
+            for cid, *_rest in lay.classes:
+                size = min(CLASS_SIZE, lay.students - sid)
+                students_of[cid] = range(sid + 1, sid + size + 1)
+                for _ in range(size):
+                    sid += 1
+                    profiles.append(rng.choices([p for p, _w in _PROFILES], [w for _p, w in _PROFILES])[0])
+                    yield f"{sid}\tS{sid:06d}\t学生{sid:06d}\t{cid}\tS{sid:06d}\tt\n"
+        _copy(cur, "student", "id, student_no, name, class_id, wecom_userid, weekly_card", students())
+
+        cur.execute("SELECT indexdef, indexname FROM pg_indexes WHERE tablename = 'score_entry' "
+                    "AND indexname <> 'score_entry_pkey'")
+        indexes = cur.fetchall()
+        for _def, name in indexes:
+            cur.execute(f'DROP INDEX "{name}"')
+
+        teachers_of: dict[int, list[int]] = {}
+        for s, c, course in lay.teaching:
+            if course != "体育":
+                teachers_of.setdefault(c, []).append(s)
+        batches: list[str] = []
+        ids = {"entry": 0, "batch": 0}
+
+        def batch(recorder: int, day: date) -> int:
+            ids["batch"] += 1
+            at = datetime.combine(day, dtime(9, 0), TZ).isoformat()
+            batches.append(f"{ids['batch']}\t{recorder}\tbench\t\\N\t\t{at}\t\\N\n")
+            return ids["batch"]
+
+        def entries() -> Iterator[str]:
+            for cid, _code, dept, _grade, head, _couns in lay.classes:
+                roll = students_of[cid]
+                # 5 % of classes: the 班主任 has not recorded last week's 全勤率 (data entry gaps).
+                lagging = rng.random() < 0.05
+                for w in range(weeks):
+                    monday = TERM_START + timedelta(weeks=w)
+                    wk = week_key(monday)
+                    sessions = sorted(rng.sample(range(10), rng.choice((5, 6))))  # half-days Mon–Fri
+                    for s in sessions:
+                        day = monday + timedelta(days=s // 2)
+                        teacher = rng.choice(teachers_of[cid])
+                        b = batch(teacher, day)
+                        for sid in roll:
+                            p = profiles[sid - 1]
+                            a02 = 0 if rng.random() < _LATE[p] else 100
+                            for code, value in (("A02", a02), ("A05", rng.choice(_A05[p])),
+                                                ("A06", rng.choice(_A06[p]))):
+                                ids["entry"] += 1
+                                yield (f"{ids['entry']}\t{code}\t{sid}\t\\N\t{wk}\t{TERM_KEY}\t{day}\t{value}\t"
+                                       f"{teacher}\t{b}\n")
+                    friday = monday + timedelta(days=4)
+                    if not (lagging and w == weeks - 1):
+                        b = batch(head, friday)
+                        for sid in roll:
+                            ids["entry"] += 1
+                            yield (f"{ids['entry']}\tA03\t{sid}\t\\N\t{wk}\t{TERM_KEY}\t{friday}\t"
+                                   f"{rng.choice(_A03[profiles[sid - 1]])}\t{head}\t{b}\n")
+                        ids["entry"] += 1
+                        yield (f"{ids['entry']}\tKA03\t\\N\t{cid}\t{wk}\t{TERM_KEY}\t{friday}\t"
+                               f"{rng.randint(88, 100)}\t{head}\t{b}\n")
+                    b = batch(lay.office[dept], friday)
+                    for sid in roll:
+                        ids["entry"] += 1
+                        yield (f"{ids['entry']}\tB09\t{sid}\t\\N\t{wk}\t{TERM_KEY}\t{friday}\t"
+                               f"{rng.randint(*_B09[profiles[sid - 1]])}\t{lay.office[dept]}\t{b}\n")
+                    if w == 1:  # 学年初 documents
+                        b = batch(head, friday)
+                        for sid in roll:
+                            for code in ("A01", "B01"):
+                                if rng.random() < 0.85:
+                                    ids["entry"] += 1
+                                    yield (f"{ids['entry']}\t{code}\t{sid}\t\\N\t{YEAR}\t{TERM_KEY}\t{friday}\t1\t"
+                                           f"{head}\t{b}\n")
+                    if w == 7:  # 第一学期中: 职业生涯规划
+                        b = batch(lay.research[dept], friday)
+                        for sid in roll:
+                            if rng.random() < 0.75:
+                                ids["entry"] += 1
+                                yield (f"{ids['entry']}\tC01\t{sid}\t\\N\t{TERM_KEY}\t{TERM_KEY}\t{friday}\t1\t"
+                                       f"{lay.research[dept]}\t{b}\n")
+                    if (friday + timedelta(days=7)).month != friday.month:  # last Friday: 满勤率 and counts
+                        month = f"{friday.year}-{friday.month:02d}"
+                        b = batch(head, friday)
+                        for sid in roll:
+                            ids["entry"] += 1
+                            yield (f"{ids['entry']}\tA04\t{sid}\t\\N\t{month}\t{TERM_KEY}\t{friday}\t"
+                                   f"{rng.choice(_A03[profiles[sid - 1]])}\t{head}\t{b}\n")
+                            if rng.random() < 0.1:
+                                ids["entry"] += 1
+                                yield (f"{ids['entry']}\tA07\t{sid}\t\\N\t{month}\t{TERM_KEY}\t{friday}\t1\t"
+                                       f"{head}\t{b}\n")
+                    if rng.random() < 0.02:  # the odd 违纪
+                        sid = rng.choice(roll)
+                        b = batch(lay.office[dept], friday)
+                        ids["entry"] += 1
+                        yield (f"{ids['entry']}\tB13\t{sid}\t\\N\t{TERM_KEY}\t{TERM_KEY}\t{friday}\t1\t"
+                               f"{lay.office[dept]}\t{b}\n")
+
+        suffix = f"\tbench\t{datetime(2025, 9, 1, tzinfo=UTC).isoformat()}\n"
+        out.entries = _copy(cur, "score_entry",
+                            "id, point_code, student_id, class_id, period_key, semester_key, occurred_on, value, "
+                            "recorder_id, batch_id, source, created_at", (line[:-1] + suffix for line in entries()))
+        out.batches = _copy(cur, "recording_batch", "id, recorder_id, source, source_msg, text, created_at, "
+                            "revoked_at", iter(batches))
+        batches.clear()
+        out.warnings = _warnings(cur, rng, lay)
+        _tasks(cur, lay)
+        for indexdef, _name in indexes:
+            cur.execute(indexdef)
+        for table in ("department", "staff", "school_class", "student", "teaching_assignment", "score_entry",
+                      "recording_batch", "risk_warning", "risk_warning_event", "plan_task"):
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT coalesce(max(id), 1) FROM {table}))")
+        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return out
+
+
+def _warnings(cur: psycopg.Cursor, rng: random.Random, lay: Layout) -> int:
+    """About one warning per 50 students over the last four weeks, most acted on, some false alarms."""
+    now = datetime.combine(TERM_START + timedelta(weeks=18), dtime(7, 50), TZ).astimezone(UTC)
+    rules = (("学业", "absence_chronic", False), ("学业", "homework", False), ("违纪", "discipline_once", False),
+             ("心理健康", "manual_心理健康", True), ("就业困难", "manual_就业困难", False))
+    warnings, events = [], []
+    eid = 0
+    n = max(10, lay.students // 50)
+    for wid in range(1, n + 1):
+        sid = rng.randint(1, lay.students)
+        cat, rule, sensitive = rng.choice(rules)
+        opened = now - timedelta(hours=rng.uniform(1, 28 * 24))
+        fate = rng.random()
+        if fate < 0.55:
+            status, closed = "handled", opened + timedelta(hours=rng.expovariate(1 / 30))
+        elif fate < 0.7:
+            status, closed = "false_alarm", opened + timedelta(hours=rng.expovariate(1 / 40))
+        else:
+            status, closed = "open", None
+        if closed is not None and closed >= now:
+            status, closed = "open", None
+        key = f"{sid}/{cat}/{wid}" if status == "open" else "\\N"
+        warnings.append(f"{wid}\t{sid}\t{cat}\t预警\t{status}\t{'t' if sensitive else 'f'}\t{key}\t\t"
+                        f"{opened.isoformat()}\t{opened.isoformat()}\t"
+                        f"{closed.isoformat() if closed else NULL}\n")
+        eid += 1
+        events.append(f"{eid}\t{wid}\t{opened.isoformat()}\topened\tsystem\t{rule}\n")
+        if closed is not None:
+            eid += 1
+            events.append(f"{eid}\t{wid}\t{closed.isoformat()}\t{status}\tbench\t\\N\n")
+    _copy(cur, "risk_warning", "id, student_id, category, level, status, sensitive, open_key, summary, opened_at, "
+          "updated_at, closed_at", iter(warnings))
+    _copy(cur, "risk_warning_event", "id, warning_id, at, kind, actor, rule_id", iter(events))
+    return n
+
+
+def _tasks(cur: psycopg.Cursor, lay: Layout) -> None:
+    """A 任务分解表 of 120 tasks, a third of them past due and open."""
+    owners = [s for s in lay.staff if s[4] is not None][:120]
+    rows = []
+    for i, (sid, *_rest) in enumerate(owners, start=1):
+        due = TERM_START + timedelta(weeks=18 if i % 3 else 10)
+        level = ("学校", "专业", "课程", "教师", "学生")[i % 5]
+        rows.append(f"{i}\tT-{i}\t任务{i}\t{level}\t{sid}\t{due}\t2025\t0\topen\n")
+    _copy(cur, "plan_task", "id, code, title, level, owner_id, due, cycle, progress, status", iter(rows))
+
+
+# ── measurements ─────────────────────────────────────────────────────────────
+
+def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
+    """Best wall time of `repeat` runs (the first warms the cache), and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+RAW_DIGEST = """
+SELECT s.class_id, e.point_code,
+       avg(e.value) FILTER (WHERE e.occurred_on >= :last_monday) AS last_week,
+       avg(e.value) FILTER (WHERE e.occurred_on < :last_monday) AS week_before
+FROM score_entry e JOIN student s ON s.id = e.student_id
+WHERE e.revoked_at IS NULL AND e.occurred_on BETWEEN :start AND :sunday
+GROUP BY s.class_id, e.point_code
+"""
+
+RAW_SEMESTER = """
+SELECT student_id, point_code, count(*), sum(value)
+FROM score_entry
+WHERE revoked_at IS NULL AND student_id IS NOT NULL AND semester_key = :term AND occurred_on <= :sunday
+GROUP BY student_id, point_code
+"""
+
+RAW_SCAN = """
+SELECT student_id, point_code, count(*), sum(value), max(id)
+FROM score_entry
+WHERE revoked_at IS NULL AND student_id IS NOT NULL AND point_code IN :codes
+  AND occurred_on BETWEEN :start AND :end
+GROUP BY student_id, point_code
+"""
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--students", type=int, default=15_000)
+    parser.add_argument("--staff", type=int, default=600)
+    parser.add_argument("--weeks", type=int, default=18)
+    parser.add_argument("--cards", type=int, default=1_000)
+    parser.add_argument("--db", default="czk_college")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--user", default="postgres")
+    parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--reuse-db", action="store_true",
+                        help="skip generation: measure an existing --keep-db database")
+    args = parser.parse_args()
+
+    admin = admin_dsn(args.host, args.port, args.user)
+    dsn = f"host={args.host} port={args.port} user={args.user} dbname={args.db}"
+    url = f"postgresql+psycopg://{args.user}@{args.host}:{args.port}/{args.db}"
+    print(f"college: {args.students} students, {args.staff} staff, {args.weeks} weeks → database {args.db}")
+    if not args.reuse_db:
+        start = time.perf_counter()
+        recreate_database(admin, args.db)
+        upgrade_database(url)
+        lay = plan_layout(args.students, args.staff)
+        gen = generate(dsn, lay, args.weeks)
+        elapsed = time.perf_counter() - start
+        print(f"generated in {elapsed:.1f} s: {len(lay.departments)} departments, {len(lay.classes)} classes, "
+              f"{len(lay.staff)} staff, {gen.entries:,} score entries, {gen.batches:,} batches, "
+              f"{gen.warnings} warnings (peak RSS so far {rss_mb():.0f} MB)")
+    try:
+        measure(url, args)
+    finally:
+        if not args.keep_db:
+            drop_database(admin, args.db)
+            print(f"dropped database {args.db}")
+
+
+def measure(url: str, args: argparse.Namespace) -> None:
+    import scheduler.jobs  # noqa: F401, PLC0415  (registers every job)
+    from models import digest  # noqa: PLC0415
+    from models.scores import load_calendar, student_card  # noqa: PLC0415
+
+    catalogue = load_catalogue(ROOT / "models" / "catalogue.toml")
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    monday = TERM_START + timedelta(weeks=args.weeks)
+    now = datetime.combine(monday, dtime(7, 50), TZ)
+    sunday = monday - timedelta(days=1)
+    results: list[tuple[str, str, bool]] = []
+
+    with sessions() as session:
+        cal = load_calendar(session)
+        params = {"last_monday": sunday - timedelta(days=6), "start": sunday - timedelta(days=13), "sunday": sunday}
+        raw_digest, rows = timed(lambda: session.execute(text(RAW_DIGEST), params).all())
+        print(f"raw digest aggregate (per class and point, means of the last two weeks): {raw_digest:.3f} s "
+              f"({len(rows)} rows)")
+
+        session.execute(text("SET work_mem = '64MB'"))  # as the digest sets for its own aggregate
+        semester_s, rows = timed(lambda: session.execute(text(RAW_SEMESTER), {"term": "2025-2026-1",
+                                                                               "sunday": sunday}).all())
+        session.execute(text("RESET work_mem"))
+        print(f"(for reference) semester aggregate per student and point, the floor of semester-to-date card "
+              f"values: {semester_s:.3f} s = {semester_s / raw_digest:.2f} × raw ({len(rows)} rows)")
+
+        def all_digests() -> int:
+            data = digest.build_college(session, catalogue, cal, monday)
+            people = digest.recipients(session)
+            return sum(len(digest.render_markdown(digest.digest_context(data, p.department_id))) for p in people)
+
+        digest_s, messages = timed(all_digests)
+        n_people = len(digest.recipients(session))
+        ratio = digest_s / raw_digest
+        print(f"digest for all {n_people} recipients ({messages} messages): {digest_s:.3f} s = {ratio:.2f} × raw "
+              f"= {digest_s / semester_s:.2f} × the semester aggregate")
+        results.append(("digest ≤ 3 × raw aggregate", f"{ratio:.2f} ×", ratio <= TARGET_RATIO))
+
+        raw_scan, scan_s = scan_figures(session, catalogue, cal, now, monday)
+        if scan_s is None:
+            print("risk scan: models.risk.scan not available: skipped")
+        else:
+            ratio = scan_s / raw_scan
+            print(f"daily risk scan: {scan_s:.3f} s = {ratio:.2f} × raw")
+            results.append(("risk scan ≤ 3 × raw aggregate", f"{ratio:.2f} ×", ratio <= TARGET_RATIO))
+
+        rng = random.Random(5)
+        n_students = session.execute(text("SELECT max(id) FROM student")).scalar_one()
+        times = []
+        for i in range(args.cards + 20):
+            sid = rng.randint(1, n_students)
+            start = time.perf_counter()
+            student_card(session, catalogue, cal, sid, monday)
+            if i >= 20:  # the first few warm the connection and caches
+                times.append((time.perf_counter() - start) * 1000)
+            session.expunge_all()
+        times.sort()
+        p50 = statistics.median(times)
+        p99 = times[min(len(times) - 1, math.ceil(0.99 * len(times)) - 1)]
+        print(f"{len(times)} card queries: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {times[-1]:.1f} ms")
+        results.append(("card query p99 ≤ 20 ms", f"{p99:.1f} ms", p99 <= TARGET_CARD_P99_MS))
+    engine.dispose()
+    peak = rss_mb()
+    print(f"peak RSS: {peak:.0f} MB")
+    results.append(("peak RSS ≤ 300 MB", f"{peak:.0f} MB", peak <= TARGET_RSS_MB))
+    print()
+    for name, figure, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {figure}")
+
+
+def scan_figures(session, catalogue, cal, now: datetime, today: date) -> tuple[float, float | None]:  # noqa: ANN001
+    """The raw per-student aggregate over every rule window, and the scan itself (rolled back)."""
+    try:
+        from models import risk  # noqa: PLC0415
+    except ImportError:
+        return 0.0, None
+    book = risk.rule_book(catalogue)
+    windows: dict[str, set[str]] = {}
+    for rule in book.automatic():
+        if rule.kind in ("threshold", "missing"):
+            windows.setdefault(rule.window, set()).update(rule.points)
+        elif rule.kind == "trend":
+            codes = {p.code for p in risk.trend_points(catalogue, rule.domain or "")}
+            windows.setdefault(rule.window, set()).update(codes)
+            start, _end = risk.window_bounds(rule.window, today, cal)
+            before_end = start - timedelta(days=1)
+            b_start, _ = risk.window_bounds(rule.baseline or "56d", before_end, cal)
+            windows.setdefault(f"baseline:{b_start}:{before_end}", set()).update(codes)
+    from sqlalchemy import bindparam  # noqa: PLC0415
+
+    query = text(RAW_SCAN).bindparams(bindparam("codes", expanding=True))
+
+    def raw() -> int:
+        n = 0
+        for window, codes in windows.items():
+            if window.startswith("baseline:"):
+                _tag, start_s, end_s = window.split(":")
+                start, end = date.fromisoformat(start_s), date.fromisoformat(end_s)
+            else:
+                start, end = risk.window_bounds(window, today, cal)
+            n += len(session.execute(query, {"codes": sorted(codes), "start": start, "end": end}).all())
+        return n
+
+    raw_s, rows = timed(raw)
+    print(f"raw scan aggregate (per student, rule points over {len(windows)} rule windows): {raw_s:.3f} s "
+          f"({rows} rows)")
+
+    def scan() -> None:
+        risk.scan(session, catalogue, cal, now, today)
+        session.rollback()
+
+    scan_s, _ = timed(scan, repeat=1)  # a scan takes long: once
+    return raw_s, scan_s
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The weekly digest (`weekly_digest`): Monday morning, to each 院领导 (the college) and each
+系部主任 (their department), through the outbox.
+
+The data is computed once per run for the whole college (models/digest.py) and sliced per
+recipient. Each digest is WeCom markdown within 2048 bytes; a longer one is split into
+numbered parts whose period keys are the ISO week with "-1", "-2" …. A recipient who already
+has any part of the week's digest gets nothing new, so a rerun queues nothing.
+
+Schedule: WEEKLY_DIGEST_CRON, `[DAYS] HH:MM` in APP_TIMEZONE (default `mon 07:50`: WeCom
+advises against sending on the hour or half hour).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+
+from models.digest import PURPOSE, build_college, digest_context, recipients, render_markdown
+from models.outbox import enqueue
+from models.schema import OutboxMessage
+from scheduler.registry import JobContext, job, parse_schedule
+
+try:
+    SCHEDULE = parse_schedule((os.environ.get("WEEKLY_DIGEST_CRON") or "mon 07:50").strip())
+except ValueError as exc:
+    raise ValueError(f"WEEKLY_DIGEST_CRON: {exc}") from None
+
+
+@dataclass
+class Tally:
+    """Counts for the job's one-line result."""
+
+    queued: int = 0
+    parts: int = 0
+    already: int = 0
+    no_account: int = 0
+
+    def line(self, key: str) -> str:
+        return (f"{key}: queued {self.queued} digests ({self.parts} messages), {self.already} already queued, "
+                f"{self.no_account} recipients without WeCom account")
+
+
+def already_sent(ctx: JobContext, key: str) -> set[str]:
+    """Recipients who have the week's digest (whole or any part) in the outbox."""
+    rows = ctx.session.scalars(select(OutboxMessage.recipient).where(
+        OutboxMessage.purpose == PURPOSE,
+        or_(OutboxMessage.period_key == key, OutboxMessage.period_key.like(f"{key}-%"))))
+    return set(rows)
+
+
+@job("weekly_digest", "Weekly digest to 院领导 (college) and 系部主任 (department), Monday morning", **SCHEDULE)
+def weekly_digest(ctx: JobContext) -> str:
+    """Queue last week's digest for every 院领导 and 系部主任 with a WeCom account, once."""
+    people = recipients(ctx.session)
+    tally = Tally()
+    data = None
+    key = ""
+    for person in people:
+        if not person.userid:
+            tally.no_account += 1
+            continue
+        if data is None:
+            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today)
+            key = data.week.key
+            done = already_sent(ctx, key)
+        if person.userid in done:
+            tally.already += 1
+            continue
+        parts = render_markdown(digest_context(data, person.department_id))
+        keys = [key] if len(parts) == 1 else [f"{key}-{i}" for i in range(1, len(parts) + 1)]
+        queued = [enqueue(ctx.session, person.userid, PURPOSE, k, body, msgtype="markdown")
+                  for k, body in zip(keys, parts, strict=True)]
+        if any(q is not None for q in queued):
+            tally.queued += 1
+            tally.parts += sum(q is not None for q in queued)
+        else:
+            tally.already += 1
+        done.add(person.userid)
+    if data is None:
+        from models.digest import digest_week
+
+        key = digest_week(ctx.today, ctx.calendar).key
+    return tally.line(key)
