@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import fmean, median
 
-from sqlalchemy import case, func, literal, literal_column, or_, select, text
+from sqlalchemy import case, func, literal, literal_column, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from bot.templating import render
 from models.card import Entry, point_value
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
+from models.db import tune_for_aggregates
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
 from models.periods import UNIT_OF_PERIOD, Calendar, Term, week_bounds, week_key
 from models.schema import (
@@ -132,7 +133,7 @@ def student_point_values(session: Session, catalogue: Catalogue, term: Term, cut
     two-level GROUP BY (per period, then per point) gives the same values.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL jit = off"))  # compiling this query costs more than running it
+        tune_for_aggregates(session)
         return _values_masked(session, catalogue, term, cutoff, previous_cutoff, week)
     return _values_two_level(session, catalogue, term, cutoff, previous_cutoff, week)
 
@@ -153,7 +154,6 @@ def _values_masked(session: Session, catalogue: Catalogue, term: Term, cutoff: d
                 literal_column("1::bigint << right(score_entry.period_key, 2)::int")),
                else_=literal_column("0::bigint"))
     prev = day <= (previous_cutoff or date.min)
-    session.execute(text("SET LOCAL work_mem = '64MB'"))  # a hash aggregate in memory, not an index walk
     rows = session.connection().execute(  # plain rows: no ORM loading for 100,000s of them
         select(ScoreEntry.student_id, ScoreEntry.point_code,
                func.count(), func.sum(ScoreEntry.value), func.max(ScoreEntry.id), func.bit_or(bit),

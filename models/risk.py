@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, aliased
 from bot.templating import render
 from models.authz import View
 from models.catalogue import Catalogue, ScorePoint, normalise
+from models.db import tune_for_aggregates
 from models.expected import is_final_year
 from models.outbox import enqueue
 from models.periods import UNIT_OF_PERIOD, Calendar, unit_bounds, week_key
@@ -1195,6 +1196,7 @@ def scan(session: Session, catalogue: Catalogue, cal: Calendar, now: datetime, t
     """The daily scan: every automatic rule for every student, from aggregates."""
     now = _utc(now)
     book = rule_book(catalogue)
+    tune_for_aggregates(session)
     findings = find(session, book, catalogue, cal, today, book.automatic())
     notifier = Notifier(session, book, today)
     out = apply_findings(session, book, findings, now, today, notifier)
