@@ -15,7 +15,7 @@ from models.schema import SchoolClass, Staff, Student
 from models.scores import class_card, student_card
 
 
-def _find_student(ctx: Context, token: str) -> Student | list[Student] | None:
+def find_student(ctx: Context, token: str) -> Student | list[Student] | None:
     """A student by 学号 or name among those the sender may see (a list when ambiguous)."""
     scope = viewable_classes(ctx.actor)
     by_no = ctx.session.scalar(select(Student).where(Student.student_no == token))
@@ -81,7 +81,7 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
         return Reply(render("chat/card_students_own.txt"))
     if viewable_classes(actor) == set():
         return Reply(render("chat/card_out_of_scope.txt", name=args.split()[0], actor=actor))
-    found = _find_student(ctx, args.split()[0])
+    found = find_student(ctx, args.split()[0])
     if found is None:
         return Reply(render("chat/student_not_found.txt", token=args.split()[0]))
     if isinstance(found, list):

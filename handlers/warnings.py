@@ -10,10 +10,9 @@ import logging
 import re
 from collections.abc import Sequence
 
-from sqlalchemy import select
-
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
+from handlers.card import find_student
 from handlers.registry import Context, registry
 from models import risk
 from models.authz import Actor, student_view, viewable_classes
@@ -112,21 +111,6 @@ def _event_line(book: risk.RuleBook, event) -> str:  # noqa: ANN001 - a RiskWarn
     return f"{when} {word} {detail}".rstrip()
 
 
-def _find_student(ctx: Context, token: str) -> Student | list[Student] | None:
-    """A student by 学号, or by name among the classes the sender may see (a list when ambiguous)."""
-    by_no = ctx.session.scalar(select(Student).where(Student.student_no == token))
-    if by_no is not None:
-        return by_no
-    scope = viewable_classes(ctx.actor)
-    query = select(Student).where(Student.name == token)
-    if scope is not None:
-        query = query.where(Student.class_id.in_(scope))
-    found = ctx.session.scalars(query.order_by(Student.student_no)).all()
-    if len(found) == 1:
-        return found[0]
-    return list(found) or None
-
-
 def _own_words(raw: str, tokens: Sequence[str], cleaned: str) -> str:
     """The 说明 as the sender typed it (punctuation kept): the raw text after `tokens`, in order.
 
@@ -165,7 +149,7 @@ def _flag(ctx: Context, args: str, raw: str) -> Reply:
     note = _own_words(raw, ["预警", token, category_token, *([level] if level else [])], note)
     if viewable_classes(ctx.actor) == set():  # 院领导, 管理员: aggregates only, no individual cases
         return _reply("warning_out_of_scope", name=token)
-    found = _find_student(ctx, token)
+    found = find_student(ctx, token)
     if found is None:
         return Reply(render("chat/student_not_found.txt", token=token))
     if isinstance(found, list):

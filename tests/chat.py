@@ -23,3 +23,24 @@ def make_service(db_url: str, today: date, redis_url: str | None = None) -> Serv
 def say(service: Service, userid: str, text: str, msg_key: str | None = None) -> str:
     key = msg_key or f"t{next(_ids)}"
     return handle_message(service, IncomingMessage("console", userid, text, msg_key=key)).text
+
+
+def live_entries(session, point_code=None):
+    """The score entries not undone, re-read from the database."""
+    from sqlalchemy import select
+
+    from models.schema import ScoreEntry
+
+    session.expire_all()
+    q = select(ScoreEntry).where(ScoreEntry.revoked_at.is_(None))
+    if point_code:
+        q = q.where(ScoreEntry.point_code == point_code)
+    return session.scalars(q.order_by(ScoreEntry.id)).all()
+
+
+def student_id(session, name):
+    from sqlalchemy import select
+
+    from models.schema import Student
+
+    return session.scalar(select(Student.id).where(Student.name == name))

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from models.schema import AuditLog, ProcessedMessage, ScoreEntry, Student
-from tests.chat import make_service, say
+from models.schema import AuditLog, ProcessedMessage, Student
+from tests.chat import live_entries, make_service, say, student_id
 from tests.factories import small_college
 
 
@@ -21,18 +21,6 @@ def college(session):
 @pytest.fixture
 def svc(college, db_url, today, redis_url):
     return make_service(db_url, today, redis_url)
-
-
-def live_entries(session, point_code=None):
-    session.expire_all()
-    q = select(ScoreEntry).where(ScoreEntry.revoked_at.is_(None))
-    if point_code:
-        q = q.where(ScoreEntry.point_code == point_code)
-    return session.scalars(q.order_by(ScoreEntry.id)).all()
-
-
-def student_id(session, name):
-    return session.scalar(select(Student.id).where(Student.name == name))
 
 
 def values_by_student(session, point_code):

@@ -22,7 +22,9 @@ from models.excel import ScoreImportError, import_scores, place_dated, student_c
 from models.periods import PeriodError
 from models.schema import AuditLog, RecordingBatch, SchoolClass, ScoreEntry, Student
 from models.scores import load_calendar, student_card
+from tests.chat import live_entries as live
 from tests.chat import make_service, say
+from tests.chat import student_id as sid
 from tests.factories import small_college
 
 
@@ -54,18 +56,6 @@ def workbook(path, rows, headers=("学号", "采分点", "值"), sheet="采分")
         ws.append(list(row))
     wb.save(path)
     return path
-
-
-def live(session, code=None):
-    session.expire_all()
-    q = select(ScoreEntry).where(ScoreEntry.revoked_at.is_(None))
-    if code:
-        q = q.where(ScoreEntry.point_code == code)
-    return session.scalars(q.order_by(ScoreEntry.id)).all()
-
-
-def sid(session, name):
-    return session.scalar(select(Student.id).where(Student.name == name))
 
 
 def count(session, model):
