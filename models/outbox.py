@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models.schema import OutboxMessage
+from models.schema import OutboxMessage, utcnow
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def idem_key(recipient: str, purpose: str, period_key: str) -> str:
@@ -19,17 +20,14 @@ def enqueue(session: Session, recipient: str, purpose: str, period_key: str, bod
             url: str | None = None) -> OutboxMessage | None:
     """Queue a message unless one with the same key exists; returns the new row or None.
 
-    Safe against a concurrent twin: the unique key decides, inside a savepoint, so the
-    caller's transaction goes on.
+    One `INSERT … ON CONFLICT DO NOTHING RETURNING`: the unique key decides, even against
+    a concurrent twin, in a single round trip and without disturbing the caller's transaction.
     """
-    key = idem_key(recipient, purpose, period_key)
-    if session.scalar(select(OutboxMessage.id).where(OutboxMessage.idem_key == key)) is not None:
-        return None
-    row = OutboxMessage(recipient=recipient, channel=channel, purpose=purpose, period_key=period_key,
-                        idem_key=key, msgtype=msgtype, title=title, body=body, url=url)
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        return None
-    return row
+    insert = _INSERTS[session.get_bind().dialect.name]
+    stmt = (insert(OutboxMessage)
+            .values(recipient=recipient, channel=channel, purpose=purpose, period_key=period_key,
+                    idem_key=idem_key(recipient, purpose, period_key), msgtype=msgtype, title=title,
+                    body=body, url=url, status="pending", attempts=0, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["idem_key"])
+            .returning(OutboxMessage))
+    return session.scalars(stmt).first()
