@@ -341,13 +341,18 @@ def closed_loop(server: Server, traffic: Traffic, concurrency: int, duration: fl
                 else:
                     result.samples.append(sample)
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(concurrency)]
+    run_threads(run, concurrency, duration + REQUEST_TIMEOUT_S * 3)
+    result.elapsed = time.perf_counter() - begin
+    return result
+
+
+def run_threads(target, count: int, timeout: float) -> None:
+    """Start `count` threads running `target` and wait for them (each at most `timeout`)."""
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(duration + REQUEST_TIMEOUT_S * 3)
-    result.elapsed = time.perf_counter() - begin
-    return result
+        t.join(timeout)
 
 
 def open_loop(server: Server, traffic: Traffic, rate: float, duration: float, pool: int = 64) -> Result:
@@ -377,11 +382,7 @@ def open_loop(server: Server, traffic: Traffic, rate: float, duration: float, po
                 else:
                     result.samples.append(sample)
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(pool)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(duration + REQUEST_TIMEOUT_S * 3)
+    run_threads(run, pool, duration + REQUEST_TIMEOUT_S * 3)
     result.elapsed = time.perf_counter() - begin
     return result
 

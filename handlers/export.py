@@ -25,7 +25,7 @@ from bot.config import ROOT
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
 from handlers.registry import Context, registry
-from models.authz import SENSITIVE_ROLES, Actor
+from models.authz import SENSITIVE_ROLES, Actor, acts_on
 from models.catalogue import Catalogue
 from models.schema import SchoolClass
 
@@ -68,20 +68,12 @@ def read_export(secret_key: str, token: str, max_age: int = LINK_MAX_AGE) -> tup
 
 def may_export(actor: Actor, class_id: int) -> bool:
     """班主任 (own classes), 系部主任 (department), 院领导 (all)."""
-    for role in EXPORT_ROLES:
-        scope = actor.classes_for_role(role)
-        if scope is None or class_id in scope:
-            return True
-    return False
+    return acts_on(actor, EXPORT_ROLES, class_id)
 
 
 def sees_sensitive(actor: Actor, class_id: int) -> bool:
     """Does the requester see the class's sensitive points (班主任, 辅导员, 学工办 in scope)?"""
-    for role in SENSITIVE_ROLES:
-        scope = actor.classes_for_role(role)
-        if scope is None or class_id in scope:
-            return True
-    return False
+    return acts_on(actor, SENSITIVE_ROLES, class_id)
 
 
 def export_filename(klass: SchoolClass, today: date) -> str:

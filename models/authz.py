@@ -78,15 +78,18 @@ class Actor:
         return set()
 
 
-def may_record(actor: Actor, point: ScorePoint, class_id: int) -> bool:
-    """Role × scope × the point's recorder."""
-    if point.derived is not None:
-        return False
-    for role in point.recorders:
+def acts_on(actor: Actor, roles: tuple[str, ...] | frozenset[str], class_id: int) -> bool:
+    """Does the actor hold one of `roles` with `class_id` in that role's scope?"""
+    for role in roles:
         scope = actor.classes_for_role(role)
         if scope is None or class_id in scope:
             return True
     return False
+
+
+def may_record(actor: Actor, point: ScorePoint, class_id: int) -> bool:
+    """Role × scope × the point's recorder."""
+    return point.derived is None and acts_on(actor, point.recorders, class_id)
 
 
 def recordable_classes(actor: Actor, point: ScorePoint) -> set[int] | None:
