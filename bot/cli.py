@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -100,7 +101,9 @@ def register_cli(app: Flask) -> None:
 
     @app.cli.command("demo")
     @click.option("--skip-if-loaded", is_flag=True, help="exit quietly if the database already has students")
-    def demo(skip_if_loaded: bool) -> None:
+    @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+                  help="fill the history up to this day instead of today (YYYY-MM-DD)")
+    def demo(skip_if_loaded: bool, today: datetime | None) -> None:
         """Load the demo college into the configured database."""
         from sqlalchemy import select
 
@@ -113,7 +116,7 @@ def register_cli(app: Flask) -> None:
                 click.echo("数据库里已有学生，跳过演示数据。")
                 return
             try:
-                report = load_demo(session, service.catalogue, service.today())
+                report = load_demo(session, service.catalogue, today.date() if today else service.today())
             except ValueError as exc:
                 click.echo(str(exc), err=True)
                 sys.exit(1)
