@@ -5,6 +5,7 @@ An `Actor` is built once per message; the rules below are pure functions of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -147,39 +148,61 @@ def viewable_classes(actor: Actor) -> set[int] | None:
     return out
 
 
+@dataclass(frozen=True)
+class StaffFacts:
+    """What the roster says of one staff member: the rows an `Actor`'s scopes are made from."""
+
+    id: int
+    staff_no: str
+    name: str
+    roles: frozenset[str]
+    department_id: int | None
+    head_classes: frozenset[int] = frozenset()
+    counsel_classes: frozenset[int] = frozenset()
+    taught_classes: frozenset[int] = frozenset()
+    headed_departments: frozenset[int] = frozenset()
+
+
+def staff_actor(userid: str, facts: StaffFacts, classes_of_department: Callable[[set[int]], set[int]]) -> Actor:
+    """The staff sender with every scope; the class and department sheets grant the role they name."""
+    roles = set(facts.roles)
+    if facts.head_classes:
+        roles.add("班主任")
+    if facts.counsel_classes:
+        roles.add("辅导员")
+    if facts.headed_departments:
+        roles.add("系部主任")
+    departments = set(facts.headed_departments) | ({facts.department_id} if facts.department_id else set())
+    return Actor(
+        userid=userid, name=facts.name, staff_id=facts.id, roles=frozenset(roles),
+        department_id=facts.department_id, head_classes=set(facts.head_classes),
+        counsel_classes=set(facts.counsel_classes), taught_classes=set(facts.taught_classes),
+        department_classes=classes_of_department(departments) if departments else set(),
+    )
+
+
+def student_actor(userid: str, name: str, student_id: int, class_id: int) -> Actor:
+    """The student sender: their own card, nothing else."""
+    return Actor(userid=userid, name=name, student_id=student_id, student_class_id=class_id)
+
+
 def load_actor(session: Session, userid: str) -> Actor | None:
     """Find the sender by 企业微信账号, 工号 or 学号; None for an unknown sender."""
     staff = session.scalar(select(Staff).where(Staff.wecom_userid == userid)) or session.scalar(
         select(Staff).where(Staff.staff_no == userid))
     if staff is not None:
-        return _staff_actor(session, staff, userid)
+        facts = StaffFacts(
+            staff.id, staff.staff_no, staff.name, staff.role_set, staff.department_id,
+            frozenset(session.scalars(select(SchoolClass.id).where(SchoolClass.head_teacher_id == staff.id))),
+            frozenset(session.scalars(select(SchoolClass.id).where(SchoolClass.counsellor_id == staff.id))),
+            frozenset(session.scalars(
+                select(TeachingAssignment.class_id).where(TeachingAssignment.staff_id == staff.id))),
+            frozenset(session.scalars(select(Department.id).where(Department.head_staff_no == staff.staff_no))),
+        )
+        return staff_actor(userid, facts, lambda departments: set(session.scalars(
+            select(SchoolClass.id).where(SchoolClass.department_id.in_(departments)))))
     student = session.scalar(select(Student).where(Student.wecom_userid == userid)) or session.scalar(
         select(Student).where(Student.student_no == userid))
     if student is not None:
-        return Actor(userid=userid, name=student.name, student_id=student.id,
-                     student_class_id=student.class_id)
+        return student_actor(userid, student.name, student.id, student.class_id)
     return None
-
-
-def _staff_actor(session: Session, staff: Staff, userid: str) -> Actor:
-    roles = set(staff.role_set)
-    head = set(session.scalars(select(SchoolClass.id).where(SchoolClass.head_teacher_id == staff.id)))
-    counsel = set(session.scalars(select(SchoolClass.id).where(SchoolClass.counsellor_id == staff.id)))
-    taught = set(session.scalars(
-        select(TeachingAssignment.class_id).where(TeachingAssignment.staff_id == staff.id)))
-    # The class and department sheets grant the role they name, even if 角色 forgot it.
-    if head:
-        roles.add("班主任")
-    if counsel:
-        roles.add("辅导员")
-    headed = set(session.scalars(select(Department.id).where(Department.head_staff_no == staff.staff_no)))
-    if headed:
-        roles.add("系部主任")
-    departments = headed | ({staff.department_id} if staff.department_id else set())
-    dept_classes = set(session.scalars(
-        select(SchoolClass.id).where(SchoolClass.department_id.in_(departments)))) if departments else set()
-    return Actor(
-        userid=userid, name=staff.name, staff_id=staff.id, roles=frozenset(roles),
-        department_id=staff.department_id, head_classes=head, counsel_classes=counsel,
-        taught_classes=taught, department_classes=dept_classes,
-    )

@@ -1,7 +1,8 @@
 """A read-mostly snapshot of the roster and calendar, shared by the messages a process handles.
 
-Building it costs a few queries; a message then needs none to find its sender, a
-class or a student. A roster change (import, demo) is seen within `ttl` seconds.
+Building it costs a few set-based queries (however many people the college has); a message
+then needs none to find its sender, a class or a student. A roster change (import, demo) is
+seen within `ttl` seconds.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.authz import Actor, load_actor
+from models.authz import Actor, StaffFacts, staff_actor, student_actor
 from models.periods import Calendar
-from models.schema import SchoolClass, Student
+from models.schema import Department, SchoolClass, Staff, Student, TeachingAssignment
 from models.scores import load_calendar
 
 
@@ -40,24 +42,27 @@ class StudentInfo:
 
 @dataclass
 class Directory:
-    """Classes, students and the calendar as plain values, with senders looked up on demand."""
+    """Classes, students, staff and the calendar as plain values; senders become `Actor`s on demand."""
 
     classes: dict[int, ClassInfo]
     class_keys: dict[str, ClassInfo]
     students_by_class: dict[int, list[StudentInfo]]
     students_by_no: dict[str, StudentInfo]
     calendar: Calendar
+    staff_by_key: dict[str, StaffFacts] = field(default_factory=dict)  # 企业微信账号 and 工号
+    students_by_userid: dict[str, StudentInfo] = field(default_factory=dict)
+    classes_by_department: dict[int, set[int]] = field(default_factory=dict)
     built_at: float = field(default_factory=time.monotonic)
     _actors: dict[str, Actor | None] = field(default_factory=dict)
+    _class_rosters: dict[int, tuple[dict, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, session: Session) -> Directory:
-        classes = {
-            r.id: ClassInfo(r.id, r.code, r.name, r.grade, r.department_id)
-            for r in session.execute(select(SchoolClass.id, SchoolClass.code, SchoolClass.name,
-                                            SchoolClass.grade, SchoolClass.department_id))
-        }
+        class_rows = session.execute(select(SchoolClass.id, SchoolClass.code, SchoolClass.name, SchoolClass.grade,
+                                            SchoolClass.department_id, SchoolClass.head_teacher_id,
+                                            SchoolClass.counsellor_id)).all()
+        classes = {r.id: ClassInfo(r.id, r.code, r.name, r.grade, r.department_id) for r in class_rows}
         keys: dict[str, ClassInfo] = {}
         for c in classes.values():
             keys[c.code] = c
@@ -65,29 +70,87 @@ class Directory:
             keys.setdefault(c.name, c)
         by_class: dict[int, list[StudentInfo]] = defaultdict(list)
         by_no: dict[str, StudentInfo] = {}
-        rows = session.execute(select(Student.id, Student.student_no, Student.name, Student.class_id)
-                               .order_by(Student.student_no))
+        by_userid: dict[str, StudentInfo] = {}
+        rows = session.execute(select(Student.id, Student.student_no, Student.name, Student.class_id,
+                                      Student.wecom_userid).order_by(Student.student_no))
         for r in rows:
             s = StudentInfo(r.id, r.student_no, r.name, r.class_id, classes[r.class_id])
             by_class[r.class_id].append(s)
             by_no[r.student_no] = s
-        return cls(classes, keys, dict(by_class), by_no, load_calendar(session))
+            if r.wecom_userid:
+                by_userid[r.wecom_userid] = s
+        by_department: dict[int, set[int]] = defaultdict(set)
+        for c in classes.values():
+            by_department[c.department_id].add(c.id)
+        return cls(classes, keys, dict(by_class), by_no, load_calendar(session), _staff_facts(session, class_rows),
+                   by_userid, dict(by_department))
 
-    def actor(self, session: Session, userid: str) -> Actor | None:
-        """The sender, loaded once per snapshot."""
+    def actor(self, userid: str) -> Actor | None:
+        """The sender by 企业微信账号, 工号 or 学号 (in that order of precedence), or None."""
         with self._lock:
             if userid in self._actors:
                 return self._actors[userid]
-        actor = load_actor(session, userid)
+        facts = self.staff_by_key.get(userid)
+        if facts is not None:
+            actor = staff_actor(userid, facts, self._department_classes)
+        elif (student := self.students_by_userid.get(userid) or self.students_by_no.get(userid)) is not None:
+            actor = student_actor(userid, student.name, student.id, student.class_id)
+        else:
+            actor = None
         with self._lock:
             self._actors[userid] = actor
         return actor
+
+    def _department_classes(self, departments: set[int]) -> set[int]:
+        return {c for d in departments for c in self.classes_by_department.get(d, ())}
+
+    def class_roster(self, class_id: int) -> tuple[dict[str, StudentInfo], dict[str, list[StudentInfo]]]:
+        """One class's students by 学号 and by name (built once per snapshot; do not modify)."""
+        with self._lock:
+            found = self._class_rosters.get(class_id)
+            if found is None:
+                by_no: dict[str, StudentInfo] = {}
+                by_name: dict[str, list[StudentInfo]] = {}
+                for s in self.students_by_class.get(class_id, ()):
+                    by_no[s.student_no] = s
+                    by_name.setdefault(s.name, []).append(s)
+                found = self._class_rosters[class_id] = (by_no, by_name)
+            return found
 
     def students_in(self, class_ids: set[int] | None) -> list[StudentInfo]:
         """Students of the given classes (None: the whole college)."""
         if class_ids is None:
             return list(self.students_by_no.values())
         return [s for cid in class_ids for s in self.students_by_class.get(cid, ())]
+
+
+def _staff_facts(session: Session, class_rows: list) -> dict[str, StaffFacts]:
+    """Every staff member's facts, keyed by 企业微信账号 and by 工号 (an account wins over a 工号)."""
+    head: dict[int, set[int]] = defaultdict(set)
+    counsel: dict[int, set[int]] = defaultdict(set)
+    for r in class_rows:
+        if r.head_teacher_id:
+            head[r.head_teacher_id].add(r.id)
+        if r.counsellor_id:
+            counsel[r.counsellor_id].add(r.id)
+    taught: dict[int, set[int]] = defaultdict(set)
+    for staff_id, class_id in session.execute(select(TeachingAssignment.staff_id, TeachingAssignment.class_id)):
+        taught[staff_id].add(class_id)
+    headed: dict[str, set[int]] = defaultdict(set)
+    for dept_id, staff_no in session.execute(select(Department.id, Department.head_staff_no)):
+        if staff_no:
+            headed[staff_no].add(dept_id)
+    by_no: dict[str, StaffFacts] = {}
+    by_account: dict[str, StaffFacts] = {}
+    for r in session.execute(select(Staff.id, Staff.staff_no, Staff.name, Staff.roles, Staff.department_id,
+                                    Staff.wecom_userid)):
+        facts = StaffFacts(r.id, r.staff_no, r.name, frozenset(x for x in r.roles.split(",") if x), r.department_id,
+                           frozenset(head[r.id]), frozenset(counsel[r.id]), frozenset(taught[r.id]),
+                           frozenset(headed[r.staff_no]))
+        by_no[r.staff_no] = facts
+        if r.wecom_userid:
+            by_account[r.wecom_userid] = facts
+    return by_no | by_account
 
 
 class DirectoryCache:
@@ -98,14 +161,16 @@ class DirectoryCache:
         self._current: Directory | None = None
         self._lock = threading.Lock()
 
-    def get(self, session: Session) -> Directory:
+    def get(self, sessions: Callable[[], Session]) -> Directory:
+        """The current snapshot; a session is opened only to rebuild it."""
         current = self._current
         if current is not None and time.monotonic() - current.built_at < self.ttl:
             return current
         with self._lock:
             current = self._current
             if current is None or time.monotonic() - current.built_at >= self.ttl:
-                current = self._current = Directory.build(session)
+                with sessions() as session:
+                    current = self._current = Directory.build(session)
             return current
 
     def invalidate(self) -> None:
