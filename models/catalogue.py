@@ -145,7 +145,7 @@ class Catalogue:
                 if p.scope in slot and slot[p.scope] is not p:
                     raise CatalogueError(f"名称“{name}”同时指向 {slot[p.scope].code} 和 {p.code}")
                 slot[p.scope] = p
-        self._longest_first = sorted(self._names, key=len, reverse=True)
+        self._name_lengths = sorted({len(n) for n in self._names}, reverse=True)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -153,9 +153,10 @@ class Catalogue:
     def match_prefix(self, text: str) -> tuple[str, dict[str, ScorePoint]] | None:
         """The longest point name that starts `text`, with its points by scope."""
         norm = normalise(text)
-        for name in self._longest_first:
-            if norm.startswith(name):
-                return name, self._names[name]
+        for length in self._name_lengths:  # a dict look-up per distinct name length, longest first
+            points = self._names.get(norm[:length])
+            if points is not None:
+                return norm[:length], points
         return None
 
     def lookup(self, name: str) -> dict[str, ScorePoint]:
