@@ -15,9 +15,10 @@ def create_app(settings: Settings | dict | None = None, service: Service | None 
     if service is None:
         if not isinstance(settings, Settings):
             settings = load_settings(settings)
-        service = Service(settings)
+        service = Service(settings, background=True)  # the callback never waits for the risk check
     app = Flask(__name__, instance_relative_config=False)
-    app.config["SECRET_KEY"] = service.settings.secret_key
+    # No app.config["SECRET_KEY"]: nothing here uses Flask's cookie session (export links are signed with
+    # settings.secret_key directly), and without it Flask skips building a signing serializer per request.
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # WeCom callbacks are a few KB at most
     app.extensions["czk"] = service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

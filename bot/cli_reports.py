@@ -41,6 +41,10 @@ def register_report_cli(app: Flask) -> None:
                 sys.exit(1)
             session.commit()
         click.echo(report.summary())
+        evaluated = service.evaluate_queued()  # the early-warning check of what was imported
+        if evaluated.outcome is not None:
+            out = evaluated.outcome
+            click.echo(f"预警检查：新开 {out.opened} 条，升级 {out.raised} 条，补充证据 {out.evidence} 条。")
 
     @app.cli.group("export")
     def export() -> None:

@@ -27,6 +27,7 @@ def _who(service: Service) -> str:
 def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """Read messages (a line each; end a line with \\ to continue it) and print the replies."""
     interactive = stdin.isatty()
+    service.evaluator.background = False  # one person at a terminal: the risk check right after each reply
     session_id = uuid.uuid4().hex[:8]
     counter = itertools.count(1)
     if interactive:

@@ -45,9 +45,19 @@ class RedisDedupe:
     """SET NX in Redis, shared by every worker; fails open (to the database) when Redis is down."""
 
     def __init__(self, url: str, prefix: str = "czk:msg:") -> None:
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.3)
+        self.url = url
         self.prefix = prefix
+        self._client: redis.Redis | None = None
         self._down_until = 0.0
+
+    @property
+    def client(self) -> redis.Redis:
+        """One connection, not a pool (no check-out per claim; redis-py serialises threads on it),
+        opened on first use so that the service starts whether or not Redis is up."""
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.3,
+                                                single_connection_client=True)
+        return self._client
 
     def _usable(self) -> bool:
         return time.monotonic() >= self._down_until

@@ -12,7 +12,8 @@ import handlers  # noqa: F401  (registers every command)
 from bot.messages import IncomingMessage, Reply
 from bot.service import Service
 from bot.templating import render
-from handlers.registry import Context, clean_text, registry
+from handlers.registry import Context, UnitOfWork, clean_text, registry
+from models.db import ConnectionLost
 from models.schema import ProcessedMessage
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,11 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
     try:
         try:
             return _handle_once(service, msg, key)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except (DBAPIError, ConnectionLost) as exc:
+            if isinstance(exc, DBAPIError) and not exc.connection_invalidated:
                 raise
-            # A pooled connection the server had dropped (a restart): nothing was written; once more.
+            # A pooled connection the server had dropped (a restart): once more, on a fresh one. Had the
+            # first attempt committed after all, its processed row makes this one an IntegrityError below.
             log.warning("database connection lost; handling %s again on a fresh one", key)
             return _handle_once(service, msg, key)
     except IntegrityError:
@@ -65,26 +67,32 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
 
 
 def _handle_once(service: Service, msg: IncomingMessage, key: str | None) -> Reply:
-    with service.sessions() as session:
-        reply = _dispatch(service, session, msg)
-        if key:
-            session.add(ProcessedMessage(msg_key=key, sender=msg.sender, reply=reply.text))
-        session.commit()
-        return reply
+    work = UnitOfWork(service.sessions, service.statements)
+    try:
+        reply = _dispatch(service, work, msg, key)
+        if key and not work.processed_written:
+            work.session.add(ProcessedMessage(msg_key=key, sender=msg.sender, reply=reply.text))
+        if work.opened:
+            work.session.commit()
+    finally:
+        work.close()
+    if work.queued_evaluation:
+        service.evaluator.recorded()  # after the commit: the early-warning check of what was recorded
+    return reply
 
 
-def _dispatch(service: Service, session, msg: IncomingMessage) -> Reply:  # noqa: ANN001
+def _dispatch(service: Service, work: UnitOfWork, msg: IncomingMessage, key: str | None) -> Reply:
     if msg.kind != "text":
         return Reply(render("chat/not_text.txt"))
-    directory = service.directory.get(session)
-    actor = directory.actor(session, msg.sender)
+    directory = service.directory.get(service.sessions)
+    actor = directory.actor(msg.sender)
     if actor is None:
         return Reply(render("chat/unknown_sender.txt", userid=msg.sender))
     text = clean_text(msg.text)
     if not text:
         return Reply(render("chat/empty.txt"))
-    ctx = Context(session=session, actor=actor, catalogue=service.catalogue,
-                  today=service.today(), msg=msg, settings=service.settings, directory=directory)
+    ctx = Context(work=work, actor=actor, catalogue=service.catalogue, today=service.today(), msg=msg,
+                  settings=service.settings, directory=directory, processed_key=key)
     found = registry.resolve(text)
     if found is not None:
         cmd, args = found

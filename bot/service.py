@@ -9,23 +9,28 @@ from zoneinfo import ZoneInfo
 from bot.config import Settings, load_settings
 from bot.dedupe import make_dedupe
 from models.catalogue import Catalogue, load_catalogue
-from models.db import make_engine, make_sessionmaker
+from models.db import StatementConnections, make_engine, make_sessionmaker
 from models.directory import DirectoryCache
+from models.evaluation import Evaluated, Evaluator, evaluate_queued
 
 
 class Service:
     """Everything a channel needs to handle a message."""
 
     def __init__(self, settings: Settings | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, background: bool = False) -> None:
+        """`background`: evaluate recordings for early warnings on a thread (web) rather than at once."""
         self.settings = settings or load_settings()
         self.tz = ZoneInfo(self.settings.timezone)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
+        # PostgreSQL: a recording is one statement on a connection of its own (models.scores.record_at_once).
+        self.statements = StatementConnections(self.engine) if self.engine.dialect.name == "postgresql" else None
         self.catalogue: Catalogue = load_catalogue(self.settings.catalogue_path)
         self.dedupe = make_dedupe(self.settings.redis_url)
         self.directory = DirectoryCache(self.settings.roster_cache_seconds)
         self._clock = clock
+        self.evaluator = Evaluator(self.evaluate_queued, background)
 
     def now(self) -> datetime:
         """Now in APP_TIMEZONE (tests may fix the clock)."""
@@ -33,3 +38,10 @@ class Service:
 
     def today(self) -> date:
         return self.now().date()
+
+    def evaluate_queued(self) -> Evaluated:
+        """The early-warning check of every recording queued for it (models/evaluation.py)."""
+        from models.risk import moment
+
+        today = self.today()
+        return evaluate_queued(self.sessions, self.catalogue, moment(today), today)

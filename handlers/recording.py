@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import select
 
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
 from handlers.registry import Context, registry
-from handlers.warnings import evaluate_recorded
 from models.authz import may_record, recordable_classes
 from models.catalogue import ScorePoint
 from models.directory import ClassInfo, Directory, StudentInfo
+from models.evaluation import needs_evaluation
 from models.periods import PREVIOUS_WORDS, PeriodError, period_label, place
 from models.schema import RecordingBatch, SchoolClass, ScoreEntry, Student
-from models.scores import PlannedEntry, last_batch, record_entries, revoke
+from models.scores import (
+    FIRST_ID,
+    LAST_ID,
+    PlannedEntry,
+    Processed,
+    fill_ids,
+    last_batch,
+    record_at_once,
+    record_entries,
+    revoke,
+)
 
 NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?%?$")
 TRAILING_NUMBER = re.compile(r"^(.*?[^\d.])([+-]?\d+(?:\.\d+)?%?)$")
@@ -41,6 +52,7 @@ class Roster:
     directory: Directory
     students_by_no: dict[str, StudentInfo] = field(default_factory=dict)
     students_by_name: dict[str, list[StudentInfo]] = field(default_factory=dict)
+    _shared: bool = False  # the dicts are the directory's own (one class): copy before adding to them
 
     @classmethod
     def load(cls, ctx: Context) -> Roster:
@@ -48,6 +60,15 @@ class Roster:
 
     def load_students(self, ctx: Context, class_ids: set[int] | None) -> None:
         """Students of the classes in scope (None: the whole college)."""
+        if not self.students_by_no and class_ids is not None and len(class_ids) == 1:
+            # The everyday case, a teacher's one class: the directory's maps of that class, as they are.
+            self.students_by_no, self.students_by_name = self.directory.class_roster(next(iter(class_ids)))
+            self._shared = True
+            return
+        if self._shared:
+            self.students_by_no = dict(self.students_by_no)
+            self.students_by_name = {name: list(group) for name, group in self.students_by_name.items()}
+            self._shared = False
         for s in self.directory.students_in(class_ids):
             self.students_by_no[s.student_no] = s
             self.students_by_name.setdefault(s.name, []).append(s)
@@ -336,16 +357,19 @@ def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
     if bad:
         return Reply(render("chat/record_rejected.txt", bad=bad, total=len(plans)))
     planned = [e for p in plans for e in p.entries]
-    _batch, rows = record_entries(
-        ctx.session, ctx.actor.audit_name, ctx.actor.staff_id, planned, text=msg.text,
-        source=msg.channel, source_msg=msg.msg_key)
-    evaluate_recorded(ctx, rows)  # early warnings touched by these entries: outbox rows, same transaction
-    ctx.session.flush()
     periods = sorted({(p.point.period, e.period_key) for p in plans for e in p.entries})
-    return Reply(render(
-        "chat/recorded.txt", plans=plans, count=len(rows), first=rows[0].id, last=rows[-1].id,
-        periods=[period_label(period, key) for period, key in periods],
-    ))
+    reply = render("chat/recorded.txt", plans=plans, count=len(planned), first=FIRST_ID, last=LAST_ID,
+                   periods=[period_label(period, key) for period, key in periods])
+    work = ctx.work
+    processed = Processed(ctx.processed_key, msg.sender, reply) if ctx.processed_key else None
+    evaluate = needs_evaluation(ctx.catalogue, planned)  # early warnings: checked after the commit
+    # PostgreSQL: one autocommitted statement; elsewhere the pipeline commits the session.
+    write = partial(record_at_once, work.statements) if work.statements else partial(record_entries, ctx.session)
+    recorded = write(ctx.actor.audit_name, ctx.actor.staff_id, planned, text=msg.text, source=msg.channel,
+                     source_msg=msg.msg_key, evaluate=evaluate, processed=processed)
+    work.processed_written = processed is not None
+    work.queued_evaluation = evaluate
+    return Reply(fill_ids(reply, recorded.first, recorded.last))
 
 
 registry.fallback = record_message

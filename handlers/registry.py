@@ -12,23 +12,60 @@ from bot.config import Settings
 from bot.messages import IncomingMessage, Reply
 from models.authz import Actor
 from models.catalogue import Catalogue, normalise
+from models.db import StatementConnections
 from models.directory import Directory
 from models.periods import Calendar
 
 Handler = Callable[[IncomingMessage, str, "Context"], Reply]
 
 
+class UnitOfWork:
+    """One message's database work: a session opened only if a handler asks for it.
+
+    A handler that writes its own processed-message row (a recording, in the same statement as
+    its entries) says so with `processed_written`, so the pipeline does not write a second one.
+    """
+
+    def __init__(self, sessions: Callable[[], Session], statements: StatementConnections | None = None) -> None:
+        """`statements`: where a write that is one statement can run on its own (PostgreSQL)."""
+        self._sessions = sessions
+        self.statements = statements
+        self._session: Session | None = None
+        self.processed_written = False
+        self.queued_evaluation = False
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
+
+    @property
+    def opened(self) -> bool:
+        return self._session is not None
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
 @dataclass
 class Context:
-    """What a handler may use: the session (its transaction), the sender, the clock."""
+    """What a handler may use: the message's unit of work (its session, its transaction), the sender, the clock."""
 
-    session: Session
+    work: UnitOfWork
     actor: Actor
     catalogue: Catalogue
     today: date
     msg: IncomingMessage
     settings: Settings
     directory: Directory
+    processed_key: str | None = None  # the key of the message's processed row (None: not deduplicated)
+
+    @property
+    def session(self) -> Session:
+        return self.work.session
 
     @property
     def calendar(self) -> Calendar:

@@ -1,7 +1,6 @@
 """预警 in chat: my open warnings, raising a flag, 处理 #N and 误报 #N (PRODUCT.md §5).
 
-Also the check right after a recording (`evaluate_recorded`), called by handlers/recording.py
-inside the recording's transaction: it writes warnings and outbox rows, never delivers.
+The check right after a recording is models/evaluation.py (the recording queues it).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from handlers.registry import Context, registry
 from models import risk
 from models.authz import Actor, student_view, viewable_classes
 from models.catalogue import ROLES, normalise
-from models.schema import RiskWarning, ScoreEntry, Staff, Student
+from models.schema import RiskWarning, Staff, Student
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +31,6 @@ EVENT_WORDS = {
 
 def _reply(template: str, **context: object) -> Reply:
     return Reply(risk.fit(render(f"chat/{template}.txt", **context)))
-
-
-def evaluate_recorded(ctx: Context, entries: Sequence[ScoreEntry]) -> None:
-    """Evaluate the rules the new entries touch, for their students, in the recording's transaction.
-
-    Inside a savepoint: should the evaluation fail, the recording the sender asked for still
-    stands (and the daily scan evaluates the same rules again); the failure is logged.
-    """
-    if not risk.rules_touched(risk.rule_book(ctx.catalogue), ctx.catalogue, entries):
-        return  # the everyday case: nothing these values could trigger, no savepoint either
-    try:
-        with ctx.session.begin_nested():
-            risk.evaluate_entries(ctx.session, ctx.catalogue, ctx.calendar, entries, risk.moment(ctx.today),
-                                  ctx.today)
-    except Exception:  # noqa: BLE001 - any failure here must not cost the recording
-        log.exception("early-warning evaluation failed after recording %s", [e.id for e in entries][:5])
 
 
 def _person(ctx: Context, class_id: int | None = None) -> risk.Person:

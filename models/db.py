@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -41,3 +45,57 @@ def tune_for_aggregates(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL jit = off"))
         session.execute(text("SET LOCAL work_mem = '64MB'"))
+
+
+class ConnectionLost(Exception):
+    """The connection broke during a statement: whether it committed is unknown (retry; dedupe decides)."""
+
+
+class StatementConnections:
+    """One autocommitting DBAPI connection per thread, for writes that are a single statement.
+
+    A statement on it is its own transaction (no BEGIN or COMMIT round trip) and skips the pool's
+    check-out and reset, which on the chat callback's hottest path costs as much as the statement's
+    own client work. Connections are replaced after `recycle` seconds, like the pool's.
+    """
+
+    def __init__(self, engine: Engine, recycle: float = 1800) -> None:
+        self.engine = engine
+        self.recycle = recycle
+        self._local = threading.local()
+
+    def _connection(self):  # noqa: ANN202 - the driver's connection
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and (conn.closed or time.monotonic() - self._local.since > self.recycle):
+            self._close()
+            conn = None
+        if conn is None:
+            fairy = self.engine.raw_connection()
+            conn = fairy.driver_connection
+            fairy.detach()  # ours until closed: the pool neither resets nor reuses it
+            conn.autocommit = True
+            self._local.conn, self._local.since = conn, time.monotonic()
+        return conn
+
+    def _close(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except self.engine.dialect.loaded_dbapi.Error:
+                pass
+
+    def fetchone(self, sql: str, params: dict) -> tuple:
+        """Run one statement (committed when this returns) and return its first row."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        conn = self._connection()
+        try:
+            return conn.execute(sql, params).fetchone()
+        except dbapi.OperationalError as exc:
+            broken = conn.closed or getattr(conn, "broken", False)
+            self._close()
+            if broken:
+                raise ConnectionLost(str(exc)) from exc
+            raise
+        except dbapi.IntegrityError as exc:
+            raise IntegrityError(sql, params, exc) from exc

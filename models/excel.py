@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from models.authz import Actor, may_record
 from models.card import Card, Entry, build_card, point_values, with_previous
 from models.catalogue import DOMAINS, Catalogue, ScorePoint, normalise
+from models.evaluation import needs_evaluation
 from models.expected import missing_entries
 from models.periods import (
     UNIT_OF_PERIOD,
@@ -540,12 +541,12 @@ def import_scores(session: Session, catalogue: Catalogue, path: str | Path, acto
     report.zero_totals = len(entries) - len(to_write)
     if to_write:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        batch, rows = record_entries(
+        recorded = record_entries(
             session, actor.audit_name, actor.staff_id, to_write,
             text=f"导入 {path.name}：{len(sheet.rows)} 行（sha256 {digest}）",
-            source=IMPORT_SOURCE, source_msg=source_msg)
+            source=IMPORT_SOURCE, source_msg=source_msg, evaluate=needs_evaluation(catalogue, to_write))
         session.flush()
-        report.batch_id, report.written = batch.id, len(rows)
+        report.batch_id, report.written = recorded.batch_id, len(recorded.entry_ids)
         counts: dict[str, int] = {}
         for p in to_write:
             counts[p.point.short] = counts.get(p.point.short, 0) + 1

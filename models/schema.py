@@ -187,6 +187,20 @@ class ProcessedMessage(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RiskEvaluationQueue(Base):
+    """A recording whose new values could trip an early-warning rule, waiting to be evaluated.
+
+    Written in the recording's own transaction and taken off by the evaluation that follows it
+    (models/evaluation.py), so the callback does none of the risk queries and no recording that
+    should be evaluated is forgotten, even if the process stops in between.
+    """
+
+    __tablename__ = "risk_evaluation_queue"
+
+    batch_id: Mapped[int] = mapped_column(ForeignKey("recording_batch.id"), primary_key=True, autoincrement=False)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class OutboxMessage(Base):
     """An outbound message: a row first, delivered later, never twice for the same key."""
 

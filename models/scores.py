@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from models.card import Card, Entry, build_card, derive_class_values, point_values, with_previous
 from models.catalogue import Catalogue, ScorePoint
+from models.db import StatementConnections
 from models.periods import Calendar, Term, month_bounds, week_bounds
-from models.schema import AuditLog, RecordingBatch, ScoreEntry, Semester, Student, utcnow
+from models.schema import (
+    AuditLog,
+    ProcessedMessage,
+    RecordingBatch,
+    RiskEvaluationQueue,
+    ScoreEntry,
+    Semester,
+    Student,
+    utcnow,
+)
 
 
 def load_calendar(session: Session) -> Calendar:
@@ -33,6 +43,10 @@ class PlannedEntry:
     occurred_on: date
     period_key: str
     semester_key: str
+
+    @property
+    def point_code(self) -> str:
+        return self.point.code
 
 
 def _subject_key(e: ScoreEntry | PlannedEntry) -> str:
@@ -68,13 +82,63 @@ def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, tupl
     return found
 
 
+# A reply that names the entries it recorded is written with these in place of their ids,
+# which the database fills in (models.scores.fill_ids) in the same statement as the entries.
+FIRST_ID, LAST_ID = "\u2983first\u2984", "\u2983last\u2984"
+
+
+def fill_ids(reply: str, first: int, last: int) -> str:
+    """The reply with the first and last entry ids put in."""
+    return reply.replace(FIRST_ID, str(first)).replace(LAST_ID, str(last))
+
+
+@dataclass(frozen=True)
+class Processed:
+    """The processed-message row a recording writes with itself: key, sender, reply (with id markers)."""
+
+    msg_key: str
+    sender: str
+    reply: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a recording wrote: its batch and its entries' ids, in line order."""
+
+    batch_id: int
+    entry_ids: list[int]
+
+    @property
+    def first(self) -> int:
+        return self.entry_ids[0]
+
+    @property
+    def last(self) -> int:
+        return self.entry_ids[-1]
+
+
+def _entry_values(planned: list[PlannedEntry], recorder_id: int | None, source: str, source_msg: str | None,
+                  now: datetime) -> list[dict]:
+    return [dict(
+        point_code=p.point.code, student_id=p.student_id, class_id=p.class_id, period_key=p.period_key,
+        semester_key=p.semester_key, occurred_on=p.occurred_on, value=p.value, recorder_id=recorder_id,
+        source=source, source_msg=source_msg, created_at=now,
+    ) for p in planned]
+
+
+def _audit_json(entry_id: int, value: float) -> str:
+    return json.dumps({"entry": entry_id, "value": value})
+
+
 def record_entries(session: Session, actor_name: str, recorder_id: int | None,
                    planned: list[PlannedEntry], *, text: str, source: str = "chat",
-                   source_msg: str | None = None) -> tuple[RecordingBatch, list[ScoreEntry]]:
-    """Write one recording (a message or an import) with an audit row per entry.
+                   source_msg: str | None = None, evaluate: bool = False,
+                   processed: Processed | None = None) -> Recorded:
+    """Write one recording (a message or an import) with an audit row per entry, in the session's transaction.
 
-    Core inserts (a round trip per table, whatever the number of entries); the
-    returned rows are detached copies. The caller commits: one message, one transaction.
+    Core inserts (a round trip per table, whatever the number of entries); the returned rows are
+    detached copies. `evaluate` queues the recording for the early-warning check; `processed`
+    adds the message's processed row. The caller commits: one message, one transaction.
     """
     now = utcnow()
     session.flush()
@@ -82,25 +146,115 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
         recorder_id=recorder_id, source=source, source_msg=source_msg, text=text, created_at=now,
     ).returning(RecordingBatch.id)).scalar_one()
     superseded = _superseded(session, planned)
-    values = [dict(
-        point_code=p.point.code, student_id=p.student_id, class_id=p.class_id, period_key=p.period_key,
-        semester_key=p.semester_key, occurred_on=p.occurred_on, value=p.value, recorder_id=recorder_id,
-        batch_id=batch_id, source=source, source_msg=source_msg, created_at=now,
-    ) for p in planned]
+    values = _entry_values(planned, recorder_id, source, source_msg, now)
+    for v in values:
+        v["batch_id"] = batch_id
     ids = session.scalars(insert(ScoreEntry).returning(ScoreEntry.id, sort_by_parameter_order=True),
                           values).all()
     audits = []
-    for p, entry_id, v in zip(planned, ids, values, strict=True):
+    for p, entry_id in zip(planned, ids, strict=True):
         previous = superseded.get(_subject_key(p))
         audits.append(dict(
             at=now, actor=actor_name, action="record", entity="score_entry", entity_key=_subject_key(p),
-            old_value=None if previous is None else json.dumps({"entry": previous[0], "value": previous[1]}),
-            new_value=json.dumps({"entry": entry_id, "value": v["value"]}), source_msg=source_msg,
+            old_value=None if previous is None else _audit_json(*previous),
+            new_value=_audit_json(entry_id, p.value), source_msg=source_msg,
         ))
     session.execute(insert(AuditLog), audits)
-    batch = RecordingBatch(id=batch_id, recorder_id=recorder_id, source=source, source_msg=source_msg,
-                           text=text, created_at=now)
-    return batch, [ScoreEntry(id=i, **v) for i, v in zip(ids, values, strict=True)]
+    if evaluate:
+        session.execute(insert(RiskEvaluationQueue).values(batch_id=batch_id, queued_at=now))
+    if processed is not None:
+        session.execute(insert(ProcessedMessage).values(
+            msg_key=processed.msg_key, sender=processed.sender, reply=fill_ids(processed.reply, ids[0], ids[-1]),
+            at=now))
+    return Recorded(batch_id, list(ids))
+
+
+# PostgreSQL: the whole recording in one statement, committed on its own (autocommit): the batch,
+# the entries (ids drawn first, so each audit row knows its entry), the superseded entries looked up
+# by index in the statement's snapshot (so never the new ones), the audit rows in the same JSON as
+# `record_entries` writes, the evaluation queue row and the processed-message row with the reply.
+_AT_ONCE = """
+WITH p AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS p(
+        code text, student_id int, class_id int, period_key text, semester_key text, occurred_on date,
+        value float8, value_json text, replaces bool, entity_key text, ord bigint)
+),
+batch AS (
+    INSERT INTO recording_batch (recorder_id, source, source_msg, text, created_at)
+    VALUES (%(recorder)s, %(source)s, %(msg)s, %(text)s, %(now)s) RETURNING id
+),
+ids AS (
+    SELECT nextval(pg_get_serial_sequence('score_entry', 'id')) AS id, p.* FROM p
+),
+entries AS (
+    INSERT INTO score_entry (id, point_code, student_id, class_id, period_key, semester_key, occurred_on, value,
+                             recorder_id, batch_id, source, source_msg, created_at)
+    SELECT ids.id, ids.code, ids.student_id, ids.class_id, ids.period_key, ids.semester_key, ids.occurred_on,
+           ids.value, %(recorder)s, batch.id, %(source)s, %(msg)s, %(now)s
+    FROM ids CROSS JOIN batch ORDER BY ids.ord
+),
+old AS (
+    SELECT ids.ord, o.id, o.value FROM ids CROSS JOIN LATERAL (
+        SELECT * FROM (
+            (SELECT s.id, s.value FROM score_entry s
+             WHERE s.student_id = ids.student_id AND s.point_code = ids.code AND s.period_key = ids.period_key
+               AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL ORDER BY s.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT s.id, s.value FROM score_entry s
+             WHERE s.class_id = ids.class_id AND s.point_code = ids.code AND s.period_key = ids.period_key
+               AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL ORDER BY s.id DESC LIMIT 1)
+        ) found LIMIT 1
+    ) o WHERE ids.replaces
+),
+audit AS (
+    INSERT INTO audit_log (at, actor, action, entity, entity_key, old_value, new_value, source_msg)
+    SELECT %(now)s, %(actor)s, 'record', 'score_entry', ids.entity_key,
+           CASE WHEN old.id IS NOT NULL THEN format('{"entry": %%s, "value": %%s}', old.id,
+                CASE WHEN old.value = trunc(old.value) AND abs(old.value) < 1e15
+                     THEN old.value::bigint::text || '.0' ELSE old.value::text END) END,
+           format('{"entry": %%s, "value": %%s}', ids.id, ids.value_json), %(msg)s
+    FROM ids LEFT JOIN old ON old.ord = ids.ord ORDER BY ids.ord
+),
+queued AS (
+    INSERT INTO risk_evaluation_queue (batch_id, queued_at) SELECT id, %(now)s FROM batch WHERE %(evaluate)s
+)
+"""
+_AT_ONCE_PROCESSED = """,
+processed AS (
+    INSERT INTO processed_message (msg_key, sender, reply, at)
+    SELECT %(key)s, %(sender)s, replace(replace(%(reply)s, %(first_marker)s, min(id)::text),
+                                        %(last_marker)s, max(id)::text), %(now)s
+    FROM ids
+)
+"""
+_AT_ONCE_RESULT = "SELECT (SELECT id FROM batch), array_agg(id ORDER BY ord) FROM ids"
+
+
+def record_at_once(statements: StatementConnections, actor_name: str, recorder_id: int | None,
+                   planned: list[PlannedEntry], *, text: str, source: str = "chat", source_msg: str | None = None,
+                   evaluate: bool = False, processed: Processed | None = None) -> Recorded:
+    """`record_entries` for PostgreSQL in one round trip, committed (durable) when it returns.
+
+    The same rows as `record_entries`; an IntegrityError (the processed row's key already taken by
+    a twin of the message) means nothing was written.
+    """
+    now = utcnow()
+    rows = [dict(code=p.point.code, student_id=p.student_id, class_id=p.class_id, period_key=p.period_key,
+                 semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(), value=p.value,
+                 value_json=json.dumps(p.value), replaces=not (p.point.accumulates or p.point.is_observation),
+                 entity_key=_subject_key(p), ord=n) for n, p in enumerate(planned)]
+    params = dict(
+        rows=json.dumps(rows, ensure_ascii=False),
+        recorder=recorder_id, source=source, msg=source_msg, text=text, now=now, actor=actor_name,
+        evaluate=evaluate,
+    )
+    sql = _AT_ONCE
+    if processed is not None:
+        sql += _AT_ONCE_PROCESSED
+        params.update(key=processed.msg_key, sender=processed.sender, reply=processed.reply,
+                      first_marker=FIRST_ID, last_marker=LAST_ID)
+    batch_id, ids = statements.fetchone(sql + _AT_ONCE_RESULT, params)
+    return Recorded(batch_id, ids)
 
 
 def last_batch(session: Session, recorder_id: int) -> RecordingBatch | None:

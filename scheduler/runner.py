@@ -113,8 +113,12 @@ def release_lease(service: Service, holder: str) -> None:
 
 
 def _flush_outbox(service: Service) -> None:
+    """Deliver what is due, after the early-warning check of recordings no web worker got to."""
     from scheduler.delivery import make_deliverer
 
+    evaluated = service.evaluate_queued()
+    if evaluated.recordings:
+        log.info("early-warning check of %d queued recordings", evaluated.recordings)
     report = make_deliverer(service).flush()
     if report.calls or report.failed or report.deferred:
         log.info("outbox: %s", report.summary())
