@@ -1,0 +1,153 @@
+"""The early-warning check after a recording: queued with the recording, evaluated right after it
+outside the callback (at once, on the web worker's thread, or by the scheduler), never twice; and
+the one-statement recording path on PostgreSQL (atomic, same audit rows, survives a dropped
+connection)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from datetime import time as clock_time
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from bot.config import load_settings
+from bot.service import Service
+from models.periods import place
+from models.schema import (
+    AuditLog,
+    OutboxMessage,
+    ProcessedMessage,
+    RecordingBatch,
+    RiskEvaluationQueue,
+    RiskWarning,
+    ScoreEntry,
+    Student,
+)
+from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, record_at_once, record_entries
+from scheduler.runner import _flush_outbox
+from tests.chat import make_service, say
+from tests.factories import small_college
+
+TODAY = datetime(2025, 11, 19).date()
+
+
+@pytest.fixture
+def college(session):
+    return small_college(session)
+
+
+def count(session, table) -> int:
+    session.expire_all()
+    return session.scalar(select(func.count()).select_from(table))
+
+
+def open_warnings(session) -> list[tuple[str, str, str]]:
+    session.expire_all()
+    rows = session.execute(select(Student.name, RiskWarning.category, RiskWarning.level)
+                           .join(Student, Student.id == RiskWarning.student_id)
+                           .where(RiskWarning.status == "open").order_by(RiskWarning.id))
+    return [tuple(r) for r in rows]
+
+
+def planned(session, catalogue, name: str, code: str, value: float) -> PlannedEntry:
+    point = catalogue.by_code[code]
+    at = place(point.period, TODAY, load_calendar(session))
+    student = session.scalar(select(Student).where(Student.name == name))
+    return PlannedEntry(point, student.id, None, name, value, at.occurred_on, at.period_key, at.semester_key)
+
+
+def test_a_value_that_could_trip_a_rule_is_evaluated_right_after_the_reply(college, session, db_url, redis_url):
+    svc = make_service(db_url, TODAY, redis_url)
+    assert "已记录" in say(svc, "wangfang", "全勤率 张三 100")  # on the safe side of every line
+    assert count(session, RiskEvaluationQueue) == 0 and open_warnings(session) == []
+    assert "已记录" in say(svc, "sunli", "违纪频次 张三")
+    assert open_warnings(session) == [("张三", "违纪", "关注")]
+    assert count(session, RiskEvaluationQueue) == 0
+    assert {m.recipient for m in session.scalars(select(OutboxMessage))} == {"wangfang", "liuwei"}
+
+
+def test_on_the_web_worker_the_check_runs_on_its_own_thread_soon_after(college, session, db_url, redis_url):
+    settings = load_settings({"database_url": db_url, "redis_url": redis_url, "secret_key": "test"})
+    svc = Service(settings, clock=lambda: datetime.combine(TODAY, clock_time(10, 0), svc.tz), background=True)
+    assert "已记录" in say(svc, "sunli", "违纪频次 张三")
+    deadline = time.monotonic() + 20
+    while not open_warnings(session) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_warnings(session) == [("张三", "违纪", "关注")]
+    assert count(session, RiskEvaluationQueue) == 0
+
+
+def test_a_queued_recording_no_worker_got_to_is_evaluated_by_the_scheduler_once(college, session, catalogue,
+                                                                                db_url, redis_url):
+    # As if the web worker had stopped between its reply and its check: the queue row is all there is.
+    record_entries(session, "孙丽(sunli)", None, [planned(session, catalogue, "张三", "B13", 1.0)],
+                   text="违纪频次 张三", evaluate=True)
+    session.commit()
+    assert count(session, RiskEvaluationQueue) == 1 and open_warnings(session) == []
+    svc = make_service(db_url, TODAY, redis_url)
+    _flush_outbox(svc)
+    assert open_warnings(session) == [("张三", "违纪", "关注")]
+    queued = count(session, OutboxMessage)
+    _flush_outbox(svc)  # nothing left to evaluate, nothing queued twice
+    assert count(session, RiskEvaluationQueue) == 0 and count(session, OutboxMessage) == queued
+
+
+@pytest.fixture
+def pg_service(college, db_url, redis_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the one-statement recording is PostgreSQL's")
+    return make_service(db_url, TODAY, redis_url)
+
+
+def test_one_statement_recording_writes_what_the_session_path_writes(pg_service, session, catalogue):
+    """Replacing 80 (session path) by 95 (one statement) by 90 (session path): the same audit rows."""
+    entry = planned(session, catalogue, "张三", "A03", 80.0)
+    record_entries(session, "王芳(wangfang)", None, [entry], text="全勤率 张三 80")
+    session.commit()
+    replacing = planned(session, catalogue, "张三", "A03", 95.0)
+    second = record_at_once(pg_service.statements, "王芳(wangfang)", None, [replacing],
+                            text="全勤率 张三 95", source="wecom", source_msg="m2",
+                            processed=Processed("wecom:m2", "wangfang", f"已记录 #{FIRST_ID}"))
+    record_entries(session, "王芳(wangfang)", None, [planned(session, catalogue, "张三", "A03", 90.0)],
+                   text="全勤率 张三 90")
+    session.commit()
+    session.expire_all()
+    ids = list(session.scalars(select(ScoreEntry.id).order_by(ScoreEntry.id)))
+    audits = [(a.entity_key, a.old_value, a.new_value) for a in session.scalars(select(AuditLog).order_by(AuditLog.id))]
+    key = audits[0][0]
+    assert audits == [
+        (key, None, json.dumps({"entry": ids[0], "value": 80.0})),
+        (key, json.dumps({"entry": ids[0], "value": 80.0}), json.dumps({"entry": ids[1], "value": 95.0})),
+        (key, json.dumps({"entry": ids[1], "value": 95.0}), json.dumps({"entry": ids[2], "value": 90.0})),
+    ]
+    assert second.entry_ids == [ids[1]]
+    reply = session.scalar(select(ProcessedMessage.reply).where(ProcessedMessage.msg_key == "wecom:m2"))
+    assert reply == f"已记录 #{ids[1]}"
+    batch = session.get(RecordingBatch, second.batch_id)
+    assert (batch.source, batch.source_msg, batch.text) == ("wecom", "m2", "全勤率 张三 95")
+
+
+def test_one_statement_recording_is_all_or_nothing(pg_service, session, catalogue):
+    entries = [planned(session, catalogue, "张三", "A03", 95.0), planned(session, catalogue, "李四", "A03", 90.0)]
+    processed = Processed("wecom:twin", "wangfang", "已记录")
+    record_at_once(pg_service.statements, "王芳(wangfang)", None, entries, text="x", processed=processed,
+                   evaluate=True)
+    before = [count(session, t) for t in (RecordingBatch, ScoreEntry, AuditLog, RiskEvaluationQueue)]
+    with pytest.raises(IntegrityError):  # a twin of the message: its processed row is taken
+        record_at_once(pg_service.statements, "王芳(wangfang)", None, entries, text="x", processed=processed,
+                       evaluate=True)
+    assert [count(session, t) for t in (RecordingBatch, ScoreEntry, AuditLog, RiskEvaluationQueue)] == before
+    assert before == [1, 2, 2, 1]
+
+
+def test_a_connection_the_server_dropped_costs_nothing(pg_service, session):
+    assert "已记录 1 条" in say(pg_service, "wangfang", "全勤率 张三 95")
+    session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    session.commit()
+    assert "已记录 1 条" in say(pg_service, "wangfang", "全勤率 李四 90")
+    assert count(session, ScoreEntry) == 2 and count(session, ProcessedMessage) == 2
