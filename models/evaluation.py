@@ -84,7 +84,11 @@ class Evaluated:
 
 def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: datetime, today: date,
                     limit: int = BATCHES_PER_PASS) -> Evaluated:
-    """Evaluate every queued recording (in passes of `limit`), each pass one transaction."""
+    """Evaluate what is queued, `limit` recordings a pass, each pass one transaction.
+
+    A pass that finds fewer than `limit` ends the run: what is recorded meanwhile waits for the next
+    run (a moment later), so under a steady stream of recordings the passes stay large and few.
+    """
     done = Evaluated()
     while True:
         with sessions() as session:
@@ -101,6 +105,8 @@ def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: 
                 done.outcome = outcome
             session.commit()
             done.recordings += taken
+            if taken < limit:
+                return done
 
 
 class Evaluator:
