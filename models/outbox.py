@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ARRAY, Row, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -19,9 +19,9 @@ def idem_key(recipient: str, purpose: str, period_key: str) -> str:
     return f"{recipient}|{purpose}|{period_key}"
 
 
-def dialect_insert(session: Session, entity: type) -> postgresql.Insert | sqlite.Insert:
+def dialect_insert(session: Session, target: object) -> postgresql.Insert | sqlite.Insert:
     """An INSERT for the session's database that can say ON CONFLICT DO NOTHING."""
-    return _INSERTS[session.get_bind().dialect.name](entity)
+    return _INSERTS[session.get_bind().dialect.name](target)
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,33 @@ class Draft:
                     body=self.body, url=self.url, status="pending", attempts=0, created_at=utcnow())
 
 
-def _insert_new(session: Session) -> postgresql.Insert | sqlite.Insert:
-    # The unique key decides, even against a concurrent twin, without disturbing the caller's
-    # transaction (no savepoint, no IntegrityError).
-    return dialect_insert(session, OutboxMessage).on_conflict_do_nothing(index_elements=["idem_key"])
+def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_conflicts: bool = False,
+                conflict_columns: Sequence[str] | None = None, returning: Sequence = ()) -> list[Row]:
+    """Insert many rows (same keys in each) in one statement, ids ascending in their order.
+
+    With `skip_conflicts`, a row that meets a unique key (`conflict_columns`, or any) is left
+    out: ON CONFLICT DO NOTHING decides, even against a concurrent twin, without a savepoint.
+    On PostgreSQL the rows travel as one array per column, unnested: no placeholder per value
+    to render and parse. Elsewhere they are a multi-row INSERT (SQLAlchemy batches them).
+    """
+    if not rows:
+        return []
+    table = entity.__table__
+    columns = list(rows[0])
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        arrays = [bindparam(f"rows_{c}", [r[c] for r in rows], type_=ARRAY(table.c[c].type)) for c in columns]
+        unnested = func.unnest(*arrays).table_valued(*columns, with_ordinality="ordinality").render_derived()
+        stmt = postgresql.insert(table).from_select(
+            columns, select(*(unnested.c[c] for c in columns)).order_by(unnested.c.ordinality))
+    else:
+        stmt = dialect_insert(session, table)
+    if skip_conflicts:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict_columns)
+    if returning:
+        stmt = stmt.returning(*returning)
+    result = session.execute(stmt) if postgres else session.execute(stmt, list(rows))
+    return list(result.all()) if returning else []
 
 
 def enqueue(session: Session, recipient: str, purpose: str, period_key: str, body: str, *,
@@ -58,19 +81,19 @@ def enqueue(session: Session, recipient: str, purpose: str, period_key: str, bod
             url: str | None = None) -> OutboxMessage | None:
     """Queue a message unless one with the same key exists; returns the new row or None.
 
-    One `INSERT … ON CONFLICT DO NOTHING RETURNING`, in a single round trip.
+    One `INSERT … ON CONFLICT DO NOTHING RETURNING`: the unique key decides, even against
+    a concurrent twin, in a single round trip and without disturbing the caller's transaction.
     """
     draft = Draft(recipient, purpose, period_key, body, channel, msgtype, title, url)
-    return session.scalars(_insert_new(session).values(draft.row()).returning(OutboxMessage)).first()
+    stmt = dialect_insert(session, OutboxMessage).values(draft.row())
+    return session.scalars(stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(OutboxMessage)).first()
 
 
 def enqueue_many(session: Session, drafts: Sequence[Draft]) -> dict[str, int]:
-    """Queue many messages with the same ON CONFLICT DO NOTHING (a statement per thousand rows);
-    returns idempotency key → id of each row inserted: a key already queued is left out."""
-    if not drafts:
-        return {}
-    rows = session.execute(_insert_new(session).returning(OutboxMessage.idem_key, OutboxMessage.id),
-                           [d.row() for d in drafts]).all()
+    """Queue many messages in one statement with the same ON CONFLICT DO NOTHING; returns
+    idempotency key → id of each row inserted (a key already queued is left out)."""
+    rows = insert_rows(session, OutboxMessage, [d.row() for d in drafts], skip_conflicts=True,
+                       conflict_columns=["idem_key"], returning=(OutboxMessage.idem_key, OutboxMessage.id))
     return dict(rows)
 
 

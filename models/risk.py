@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, case, cast, func, insert, literal_column, or_, select, update
+from sqlalchemy import Integer, and_, case, cast, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.templating import render
@@ -31,7 +31,7 @@ from models.authz import View
 from models.catalogue import Catalogue, ScorePoint, normalise
 from models.db import tune_for_aggregates
 from models.expected import is_final_year
-from models.outbox import Draft, dialect_insert, enqueue_many, queued_ids
+from models.outbox import Draft, enqueue_many, insert_rows, queued_ids
 from models.periods import UNIT_OF_PERIOD, Calendar, unit_bounds, week_key
 from models.schema import (
     Department,
@@ -376,58 +376,62 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
     windows = [w for w in windows if w.codes]
     if not windows or (students is not None and not students):
         return out
+    postgres = session.get_bind().dialect.name == "postgresql"
     e = ScoreEntry
-    replaced = {c for w in windows for c in w.codes if replaces(catalogue.by_code[c])}
+    codes = {c for w in windows for c in w.codes}
+    replaced = {c for c in codes if replaces(catalogue.by_code[c])}
     semesters = sorted({k for w in windows for k in semesters_between(cal, w.start, w.end)})
+    # Days first (cheap to compare), points after; the largest sets of points first.
     where = [e.revoked_at.is_(None), e.student_id.is_not(None), e.semester_key.in_(semesters),
-             or_(*(and_(e.point_code.in_(sorted(w.codes)), e.occurred_on >= w.start, e.occurred_on <= w.end)
-                   for w in windows))]
+             or_(*(and_(e.occurred_on >= start, e.occurred_on <= end, e.point_code.in_(sorted(points)))
+                   for points, start, end in _reach(windows)))]
     if students is not None:
         where.append(e.student_id.in_(sorted(set(students))))
     cuts = sorted({w.start for w in windows} | {w.end + timedelta(days=1) for w in windows})
-    segment = case(*((e.occurred_on >= cut, n) for n, cut in reversed(list(enumerate(cuts, start=1)))), else_=0)
-    covering: dict[tuple[str, int], list[int]] = {}
-
-    def windows_of(code: str, seg: int) -> list[int]:
-        """The windows of a point that hold a segment (segment n: from cut n up to cut n + 1)."""
-        if (code, seg) not in covering:
-            first = cuts[seg - 1]
-            covering[(code, seg)] = [k for k, w in enumerate(windows)
-                                     if code in w.codes and w.start <= first <= w.end]
-        return covering[(code, seg)]
-
-    sums: dict[tuple[int, int, str], list] = {}
-    rows = session.execute(
+    # Segment n runs from cut n up to cut n + 1; no day read lies past the last cut.
+    segment = case(*((e.occurred_on >= cut, n) for n, cut in reversed(list(enumerate(cuts[:-1], start=1)))),
+                   else_=0)
+    covering: dict[tuple[str, int], list[dict]] = {}
+    sums: list[dict[tuple[int, str], list]] = [{} for _w in windows]
+    session.flush()  # plain rows from the connection (no ORM loading for 100,000s of them): entries written first
+    rows = session.connection().execute(
         select(e.student_id, e.point_code, segment, func.count(), func.sum(e.value), func.max(e.occurred_on),
-               func.max(e.id), _periods_seen(session, catalogue, replaced))
+               func.max(e.id), _periods_seen(session, catalogue, replaced, codes - replaced))
         .where(*where).group_by(e.student_id, e.point_code, segment))
     for sid, code, seg, n, total, last_on, newest_id, seen in rows:
-        last_on = _as_date(last_on)
-        for k in windows_of(code, seg):
-            acc = sums.get((k, sid, code))
+        targets = covering.get((code, seg))
+        if targets is None:
+            first = cuts[seg - 1]
+            targets = covering[(code, seg)] = [sums[k] for k, w in enumerate(windows)
+                                               if code in w.codes and w.start <= first <= w.end]
+        if not postgres:
+            last_on = _as_date(last_on)
+        for target in targets:
+            acc = target.get((sid, code))
             if acc is None:
-                sums[(k, sid, code)] = [n, float(total), last_on, newest_id, seen or 0]
+                target[(sid, code)] = [n, total, last_on, newest_id, seen]
             else:
                 acc[0] += n
                 acc[1] += total
                 acc[2] = max(acc[2], last_on)
                 acc[3] = max(acc[3], newest_id)
-                acc[4] |= seen or 0
+                acc[4] |= seen
     exact: set[tuple[int, str]] = set()
     newest: list[tuple[dict, tuple[int, str], Aggregate, int]] = []
-    for (k, sid, code), (n, total, last_on, newest_id, seen) in sums.items():
-        w = windows[k]
-        agg = Aggregate(n, total, total / n, last_on)
-        if code in replaced:
-            if seen.bit_count() != n:
-                exact.add((sid, code))
-                continue
-            if n == 1:
-                agg = replace(agg, latest=total)
-            elif code in w.latest:
-                newest.append((out[w.span], (sid, code), agg, newest_id))
-                continue
-        out[w.span][(sid, code)] = agg
+    for w, found in zip(windows, sums, strict=True):
+        for (sid, code), (n, total, last_on, newest_id, seen) in found.items():
+            total = float(total)
+            agg = Aggregate(n, total, total / n, last_on)
+            if code in replaced:
+                if seen.bit_count() != n:
+                    exact.add((sid, code))
+                    continue
+                if n == 1:
+                    agg = replace(agg, latest=total)
+                elif code in w.latest:
+                    newest.append((out[w.span], (sid, code), agg, newest_id))
+                    continue
+            out[w.span][(sid, code)] = agg
     values = _values_by_id(session, [i for *_rest, i in newest])
     for target, key, agg, newest_id in newest:
         target[key] = replace(agg, latest=values[newest_id])
@@ -436,27 +440,47 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
     return out
 
 
-def _periods_seen(session: Session, catalogue: Catalogue, codes: set[str]):  # noqa: ANN202 - an aggregate
-    """A bitmask of the periods a replaced point was recorded in: one bit per period.
+def _reach(windows: Sequence[Window]) -> list[tuple[frozenset[str], date, date]]:
+    """The (points, first day, last day) to read: windows with the same points, merged where
+    their days touch (a trend's window and its baseline); the most points first."""
+    spans: dict[frozenset[str], list[tuple[date, date]]] = defaultdict(list)
+    for w in windows:
+        spans[w.codes].append(w.span)
+    out = []
+    for points, found in spans.items():
+        merged: list[list[date]] = []
+        for start, end in sorted(found):
+            if merged and start <= merged[-1][1] + timedelta(days=1):
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        out += [(points, start, end) for start, end in merged]
+    return sorted(out, key=lambda r: (-len(r[0]), r[1], sorted(r[0])))
+
+
+def _periods_seen(session: Session, catalogue: Catalogue, codes: set[str], others: set[str]):  # noqa: ANN202
+    """A bitmask of the periods a replaced point (`codes`) was recorded in: one bit per period.
 
     The week (01–53) or month (01–12) number ends a week or month key, the term (1, 2) a
     semester key; a year sets one bit. Two periods that share a bit (weeks a year apart) only
     make the periods look fewer: then the entries are read. PostgreSQL ORs the bits; SQLite has
-    no bit_or, but the sum of the distinct bits is the same number.
+    no bit_or, but the sum of the distinct bits is the same number. The other points read
+    (`others`, most of the rows) are told apart first: 0.
     """
     if not codes:
         return literal_column("0")
     postgres = session.get_bind().dialect.name == "postgresql"
     unit = {c: UNIT_OF_PERIOD[catalogue.by_code[c].period] for c in codes}
     one = literal_column("1::bigint") if postgres else literal_column("1")
+    zero = literal_column("0")
     key = ScoreEntry.period_key
-    whens = []
+    whens = [(ScoreEntry.point_code.in_(sorted(others)), zero)] if others else []
     for units, digits in ((("week", "month"), 2), (("semester",), 1)):
         chosen = sorted(c for c in codes if unit[c] in units)
         if chosen:
             tail = func.right(key, digits) if postgres else func.substr(key, -digits)
             whens.append((ScoreEntry.point_code.in_(chosen), one.op("<<")(cast(tail, Integer))))
-    bit = case(*whens, (ScoreEntry.point_code.in_(sorted(codes)), one), else_=literal_column("0"))
+    bit = case(*whens, else_=one)  # a year, or any other period: one bit
     return func.bit_or(bit) if postgres else func.sum(bit.distinct())
 
 
@@ -993,11 +1017,9 @@ class Notifier:
 
 def _write_notices(session: Session, rows: list[dict]) -> list[tuple[int, int, int, str]]:
     """Insert notices (one told concurrently already is skipped); (id, warning, staff, event) of those written."""
-    if not rows:
-        return []
-    stmt = dialect_insert(session, RiskNotice).on_conflict_do_nothing().returning(
-        RiskNotice.id, RiskNotice.warning_id, RiskNotice.staff_id, RiskNotice.event_key)
-    return [tuple(r) for r in session.execute(stmt, rows)]
+    written = insert_rows(session, RiskNotice, rows, skip_conflicts=True, returning=(
+        RiskNotice.id, RiskNotice.warning_id, RiskNotice.staff_id, RiskNotice.event_key))
+    return [tuple(r) for r in written]
 
 
 def _template(event_key: str) -> str:
@@ -1109,10 +1131,12 @@ def _open_key(student_id: int, category: str) -> str:
 
 def _open_warnings(session: Session, rows: list[dict]) -> dict[str, RiskWarning]:
     """Insert new open warnings; open_key → each one inserted (one whose key is taken is left out)."""
-    if not rows:
-        return {}
-    stmt = dialect_insert(session, RiskWarning).on_conflict_do_nothing(index_elements=["open_key"])
-    return {w.open_key: w for w in session.scalars(stmt.returning(RiskWarning), rows).all()}
+    written = insert_rows(session, RiskWarning, rows, skip_conflicts=True, conflict_columns=["open_key"],
+                          returning=(RiskWarning.id,))
+    out: dict[str, RiskWarning] = {}
+    for chunk in _chunks(sorted(i for (i,) in written)):
+        out.update({w.open_key: w for w in session.scalars(select(RiskWarning).where(RiskWarning.id.in_(chunk)))})
+    return out
 
 
 def _event_row(warning_id: int, kind: str, now: datetime, finding: Finding | None = None, *,
@@ -1130,18 +1154,15 @@ def _event_row(warning_id: int, kind: str, now: datetime, finding: Finding | Non
 
 
 def _write_events(session: Session, rows: list[dict]) -> None:
-    """Insert events in order, a statement per thousand; each row learns its id (a flag's keys its notices)."""
-    if rows:
-        ids = session.scalars(insert(RiskWarningEvent).returning(RiskWarningEvent.id, sort_by_parameter_order=True),
-                              rows).all()
-        for row, event_id in zip(rows, ids, strict=True):
-            row["id"] = event_id
+    """Insert events in order; each row learns its id (a flag's keys its notices)."""
+    ids = sorted(i for (i,) in insert_rows(session, RiskWarningEvent, rows, returning=(RiskWarningEvent.id,)))
+    for row, event_id in zip(rows, ids, strict=True):
+        row["id"] = event_id
 
 
 def _write_recipients(session: Session, rows: list[dict]) -> None:
     """Insert routing rows (one a concurrent writer added already is skipped)."""
-    if rows:
-        session.execute(dialect_insert(session, RiskWarningRecipient).on_conflict_do_nothing(), rows)
+    insert_rows(session, RiskWarningRecipient, rows, skip_conflicts=True)
 
 
 @dataclass(frozen=True)
