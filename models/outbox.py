@@ -49,7 +49,8 @@ class Draft:
 
 def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_conflicts: bool = False,
                 conflict_columns: Sequence[str] | None = None, returning: Sequence = ()) -> list[Row]:
-    """Insert many rows (same keys in each) in one statement, ids ascending in their order.
+    """Insert many rows (same keys in each) of a mapped class in one statement, ids ascending in
+    their order; `returning` may name the class itself (the new objects, in the session).
 
     With `skip_conflicts`, a row that meets a unique key (`conflict_columns`, or any) is left
     out: ON CONFLICT DO NOTHING decides, even against a concurrent twin, without a savepoint.
@@ -64,10 +65,10 @@ def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_co
     if postgres:
         arrays = [bindparam(f"rows_{c}", [r[c] for r in rows], type_=ARRAY(table.c[c].type)) for c in columns]
         unnested = func.unnest(*arrays).table_valued(*columns, with_ordinality="ordinality").render_derived()
-        stmt = postgresql.insert(table).from_select(
+        stmt = postgresql.insert(entity).from_select(
             columns, select(*(unnested.c[c] for c in columns)).order_by(unnested.c.ordinality))
     else:
-        stmt = dialect_insert(session, table)
+        stmt = dialect_insert(session, entity)
     if skip_conflicts:
         stmt = stmt.on_conflict_do_nothing(index_elements=conflict_columns)
     if returning:
