@@ -334,7 +334,10 @@ class Aggregate:
     latest: float | None = None
 
     def measure(self, name: str) -> float | None:
-        return {"mean": self.mean, "sum": self.total, "latest": self.latest, "count": float(self.n)}[name]
+        return float(self.n) if name == "count" else getattr(self, _FIELD_OF_MEASURE[name])
+
+
+_FIELD_OF_MEASURE = {"mean": "mean", "sum": "total", "latest": "latest"}
 
 
 def replaces(point: ScorePoint) -> bool:
@@ -533,13 +536,16 @@ def _as_date(value: object) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
+def point_measure(point: ScorePoint) -> str:
+    """Which measure of a window's aggregate is the point's value, as the card would read it."""
+    if point.is_observation or (replaces(point) and UNIT_OF_PERIOD[point.period] in ("week", "month")):
+        return "mean"
+    return "sum" if point.accumulates else "latest"
+
+
 def point_value(point: ScorePoint, agg: Aggregate) -> float | None:
     """The value of a point over a window as the card would read it."""
-    if point.is_observation or (replaces(point) and UNIT_OF_PERIOD[point.period] in ("week", "month")):
-        return agg.mean
-    if point.accumulates:
-        return agg.total
-    return agg.latest
+    return agg.measure(point_measure(point))
 
 
 # ── matching (pure) ──────────────────────────────────────────────────────────
@@ -647,12 +653,12 @@ def match_trend(rule: Rule, catalogue: Catalogue, recent: dict[tuple[int, str], 
                 before: dict[tuple[int, str], Aggregate]) -> list[Finding]:
     """Students whose domain subtotal over the window is `drop` points below the baseline period's."""
     assert rule.domain is not None
-    codes = {p.code for p in trend_points(catalogue, rule.domain)}
+    measures = {p.code: point_measure(p) for p in trend_points(catalogue, rule.domain)}
     now_values: dict[int, dict[str, float]] = defaultdict(dict)
     then_values: dict[int, dict[str, float]] = defaultdict(dict)
     for source, target in ((recent, now_values), (before, then_values)):
         for (sid, code), agg in source.items():
-            if code in codes and (value := point_value(catalogue.by_code[code], agg)) is not None:
+            if code in measures and (value := agg.measure(measures[code])) is not None:
                 target[sid][code] = value
     out = []
     for sid in sorted(now_values):
@@ -1035,12 +1041,18 @@ def _fit_list(template: str, items: list, **context: object) -> str:
     def attempt(n: int) -> str:
         return render(template, items=items[:n], more=len(items) - n, **context)
 
+    def fits(body: str) -> bool:
+        return len(body.encode("utf-8")) <= MESSAGE_LIMIT
+
     body = attempt(len(items))
-    n = len(items)
-    while n > 1 and len(body.encode("utf-8")) > MESSAGE_LIMIT:
-        n -= 1
-        body = attempt(n)
-    return fit(body)
+    if fits(body) or len(items) <= 1:
+        return fit(body)
+    # One item fewer is always shorter: the most that fit, found by halving (a bundle can list dozens).
+    low, high = 1, len(items) - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(attempt(mid)) else (low, mid - 1)
+    return fit(attempt(low))
 
 
 # ── applying findings ────────────────────────────────────────────────────────
@@ -1429,16 +1441,26 @@ def find(session: Session, book: RuleBook, catalogue: Catalogue, cal: Calendar, 
                 latest[part] |= {p.code for p in points if valued_by_latest(p)}
     aggs = aggregates(session, catalogue, cal, [Window(s, e, frozenset(c), frozenset(latest[(s, e)]))
                                                 for (s, e), c in codes.items()], students)
+    by_point: dict[tuple[date, date], dict[str, dict[tuple[int, str], Aggregate]]] = {}
+
+    def of_points(span: tuple[date, date], points: Iterable[str]) -> dict[tuple[int, str], Aggregate]:
+        """A window's aggregates of some points only (a rule reads one or two of a window's dozen)."""
+        if span not in by_point:
+            by_point[span] = defaultdict(dict)
+            for key, agg in aggs[span].items():
+                by_point[span][key[1]][key] = agg
+        return {k: a for code in points for k, a in by_point[span].get(code, {}).items()}
+
     findings: list[Finding] = []
     for rule, eligible, graduation in active:
         span = window_bounds(rule.window, today, cal)
         if rule.kind == "threshold":
-            found = match_threshold(rule, catalogue, aggs[span], eligible)
+            found = match_threshold(rule, catalogue, of_points(span, rule.points), eligible)
             if "任课教师" in rule.recipients and found:
                 found = _with_recorders(session, rule, found, *span)
             findings += found
         elif rule.kind == "missing":
-            findings += match_missing(rule, catalogue, aggs[span], eligible or set(), graduation)
+            findings += match_missing(rule, catalogue, of_points(span, rule.points), eligible or set(), graduation)
         elif rule.kind == "trend":
             findings += match_trend(rule, catalogue, aggs[span], aggs[_baseline(rule, today, cal)])
     return findings
