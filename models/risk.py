@@ -323,7 +323,7 @@ def window_label(window: str) -> str:
     return "本学期" if window == "semester" else "本学年"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a scan makes 100,000s of them
 class Aggregate:
     """One student's point over a window: how many values, their total and mean, the newest."""
 
@@ -399,11 +399,11 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
     covering: dict[tuple[str, int], list[dict]] = {}
     sums: list[dict[tuple[int, str], list]] = [{} for _w in windows]
     session.flush()  # plain rows from the connection (no ORM loading for 100,000s of them): entries written first
-    rows = session.connection().execute(
+    result = session.connection().execute(
         select(e.student_id, e.point_code, segment, func.count(), func.sum(e.value), func.max(e.occurred_on),
                func.max(e.id), _periods_seen(session, catalogue, replaced, codes - replaced))
         .where(*where).group_by(e.student_id, e.point_code, segment))
-    for sid, code, seg, n, total, last_on, newest_id, seen in rows:
+    for sid, code, seg, n, total, last_on, newest_id, seen in result:
         targets = covering.get((code, seg))
         if targets is None:
             first = cuts[seg - 1]
@@ -426,17 +426,14 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
     for w, found in zip(windows, sums, strict=True):
         for (sid, code), (n, total, last_on, newest_id, seen) in found.items():
             total = float(total)
-            agg = Aggregate(n, total, total / n, last_on)
-            if code in replaced:
-                if seen.bit_count() != n:
-                    exact.add((sid, code))
-                    continue
-                if n == 1:
-                    agg = replace(agg, latest=total)
-                elif code in w.latest:
-                    newest.append((out[w.span], (sid, code), agg, newest_id))
-                    continue
-            out[w.span][(sid, code)] = agg
+            if code not in replaced:
+                out[w.span][(sid, code)] = Aggregate(n, total, total / n, last_on)
+            elif seen.bit_count() != n:
+                exact.add((sid, code))
+            elif n == 1 or code not in w.latest:
+                out[w.span][(sid, code)] = Aggregate(n, total, total / n, last_on, total if n == 1 else None)
+            else:
+                newest.append((out[w.span], (sid, code), Aggregate(n, total, total / n, last_on), newest_id))
     values = _values_by_id(session, [i for *_rest, i in newest])
     for target, key, agg, newest_id in newest:
         target[key] = replace(agg, latest=values[newest_id])
