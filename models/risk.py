@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from bot.templating import render
 from models.authz import View
 from models.catalogue import Catalogue, ScorePoint, normalise
-from models.db import tune_for_aggregates
+from models.db import in_ids, tune_for_aggregates
 from models.expected import is_final_year
 from models.outbox import Draft, enqueue_many, insert_rows, queued_ids
 from models.periods import UNIT_OF_PERIOD, Calendar, period_key, unit_bounds, week_key
@@ -391,7 +391,7 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
              or_(*(and_(e.occurred_on >= start, e.occurred_on <= end, e.point_code.in_(sorted(points)))
                    for points, start, end in _reach(windows)))]
     if students is not None:
-        where.append(e.student_id.in_(sorted(set(students))))
+        where.append(in_ids(session, e.student_id, sorted(set(students))))
     cuts = sorted({w.start for w in windows} | {w.end + timedelta(days=1) for w in windows})
     # Segment n runs from cut n up to cut n + 1; no day read lies past the last cut.
     segment = case(*((e.occurred_on >= cut, n) for n, cut in reversed(list(enumerate(cuts[:-1], start=1)))),
@@ -491,7 +491,7 @@ def _values_by_id(session: Session, ids: Sequence[int]) -> dict[int, float]:
     ids = sorted(set(ids))
     for start in range(0, len(ids), 900):
         found.update(session.execute(select(ScoreEntry.id, ScoreEntry.value)
-                                     .where(ScoreEntry.id.in_(ids[start:start + 900]))).all())
+                                     .where(in_ids(session, ScoreEntry.id, ids[start:start + 900]))).all())
     return found
 
 
@@ -507,7 +507,8 @@ def _exact_aggregates(session: Session, windows: Sequence[Window], where: list, 
         entries: dict[tuple[int, str], list] = defaultdict(list)
         for r in session.execute(select(ScoreEntry.student_id, ScoreEntry.point_code, ScoreEntry.id,
                                         ScoreEntry.period_key, ScoreEntry.occurred_on, ScoreEntry.value)
-                                 .where(*where, ScoreEntry.student_id.in_(chunk), ScoreEntry.point_code.in_(codes))):
+                                 .where(*where, in_ids(session, ScoreEntry.student_id, chunk),
+                                        ScoreEntry.point_code.in_(codes))):
             if r.point_code in by_student[r.student_id]:
                 entries[(r.student_id, r.point_code)].append(r)
         for key, rows in entries.items():
