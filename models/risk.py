@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, case, cast, func, literal_column, or_, select, update
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.templating import render
@@ -438,7 +438,7 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
     for target, key, agg, newest_id in newest:
         target[key] = replace(agg, latest=values[newest_id])
     if exact:
-        _exact_aggregates(session, windows, where, exact, out)
+        _exact_aggregates(session, windows, where, segment, exact, out)
     return out
 
 
@@ -495,37 +495,42 @@ def _values_by_id(session: Session, ids: Sequence[int]) -> dict[int, float]:
     return found
 
 
-def _exact_aggregates(session: Session, windows: Sequence[Window], where: list, pairs: set[tuple[int, str]],
-                      out: dict[tuple[date, date], dict[tuple[int, str], Aggregate]]) -> None:
-    """The pairs with a period recorded twice, from their entries: the newest of each period counts."""
+def _exact_aggregates(session: Session, windows: Sequence[Window], where: list, segment: ColumnElement,
+                      pairs: set[tuple[int, str]], out: dict[tuple[date, date], dict[tuple[int, str], Aggregate]],
+                      ) -> None:
+    """The pairs with a period recorded twice, from their entries: the newest of each period counts.
+
+    Only the newest entry of each period and day segment is read (a window is a run of segments,
+    so the newest of a period within a window is the newest of those), not every entry again.
+    """
     by_student: dict[int, set[str]] = defaultdict(set)
     for sid, code in pairs:
         by_student[sid].add(code)
     students = sorted(by_student)
+    e = ScoreEntry
     for chunk in _chunks(students):
         codes = sorted({c for sid in chunk for c in by_student[sid]})
+        newest = (select(func.max(e.id)).where(*where, in_ids(session, e.student_id, chunk), e.point_code.in_(codes))
+                  .group_by(e.student_id, e.point_code, e.period_key, segment))
         entries: dict[tuple[int, str], list] = defaultdict(list)
-        for r in session.execute(select(ScoreEntry.student_id, ScoreEntry.point_code, ScoreEntry.id,
-                                        ScoreEntry.period_key, ScoreEntry.occurred_on, ScoreEntry.value)
-                                 .where(*where, in_ids(session, ScoreEntry.student_id, chunk),
-                                        ScoreEntry.point_code.in_(codes))):
+        for r in session.execute(select(e.student_id, e.point_code, e.id, e.period_key, e.occurred_on, e.value)
+                                 .where(e.id.in_(newest))):
             if r.point_code in by_student[r.student_id]:
-                entries[(r.student_id, r.point_code)].append(r)
+                entries[(r.student_id, r.point_code)].append((r.id, r.period_key, _as_date(r.occurred_on), r.value))
         for key, rows in entries.items():
             for w in windows:
                 if key[1] not in w.codes:
                     continue
-                kept: dict = {}
-                for r in rows:
-                    on = _as_date(r.occurred_on)
-                    if w.start <= on <= w.end and (r.period_key not in kept or r.id > kept[r.period_key].id):
-                        kept[r.period_key] = r
+                kept: dict[str, tuple] = {}
+                for row in rows:
+                    if w.start <= row[2] <= w.end and (row[1] not in kept or row[0] > kept[row[1]][0]):
+                        kept[row[1]] = row
                 if not kept:
                     continue
-                total = float(sum(r.value for r in kept.values()))
-                newest = max(kept.values(), key=lambda r: r.id)
+                total = float(sum(row[3] for row in kept.values()))
+                newest_row = max(kept.values())
                 out[w.span][key] = Aggregate(len(kept), total, total / len(kept),
-                                             max(_as_date(r.occurred_on) for r in kept.values()), float(newest.value))
+                                             max(row[2] for row in kept.values()), float(newest_row[3]))
 
 
 def _as_date(value: object) -> date | None:
