@@ -62,7 +62,7 @@ def weekly_digest(ctx: JobContext) -> str:
             tally.no_account += 1
             continue
         if data is None:
-            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today)
+            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today, persist=True)
             key = data.week.key
             done = already_sent(ctx, key)
         if person.userid in done:
