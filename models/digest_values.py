@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import Select, case, delete, func, literal, or_, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.card import Entry, point_value
@@ -66,6 +66,7 @@ SETTLE = timedelta(hours=1)  # how long after I a state may be built; the margin
 CHUNK = 900  # ids or students per IN list (SQLite allows 999 parameters)
 
 MEAN, SUM, NEWEST, PERIODS = "mean", "sum", "newest", "period_mean"
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def kind_of(point: ScorePoint) -> str:
@@ -226,25 +227,26 @@ def load_state(session: Session, catalogue: Catalogue, term: Term, latest: date)
 def save_state(session: Session, catalogue: Catalogue, state: State) -> bool:
     """Persist `state` unless its week already has one (a rerun, a concurrent run); drop older states.
 
-    True when this call wrote it. A concurrent writer of the same week makes the insert fail on
-    the unique constraint (on PostgreSQL after waiting for the other transaction): the savepoint
-    is rolled back and the digest goes on with its own, identical, numbers.
+    True when this call wrote it. One `INSERT … ON CONFLICT DO NOTHING RETURNING`: against a
+    concurrent run of the same week the unique constraint decides (on PostgreSQL the insert waits
+    for the other transaction), nothing is written twice, and the caller's transaction goes on
+    with its own, identical, numbers.
     """
     newest = session.scalar(select(func.max(DigestState.cutoff)))
     if newest is not None and newest >= state.cutoff:
         return False  # this week's is there already, or a later one: nothing to add
-    row = DigestState(semester_key=state.semester_key, cutoff=state.cutoff, max_entry_id=state.max_entry_id,
-                      pending=",".join(map(str, state.pending)), built_at=state.built_at,
-                      catalogue=fingerprint(catalogue), pairs=state.pairs, data=encode(state))
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
+    insert = _INSERTS[session.get_bind().dialect.name]
+    written = session.scalar(
+        insert(DigestState)
+        .values(semester_key=state.semester_key, cutoff=state.cutoff, max_entry_id=state.max_entry_id,
+                pending=",".join(map(str, state.pending)), built_at=state.built_at,
+                catalogue=fingerprint(catalogue), pairs=state.pairs, data=encode(state))
+        .on_conflict_do_nothing(index_elements=["semester_key", "cutoff"])
+        .returning(DigestState.id))
+    if written is None:
         return False
     # The state a week older stays for 本周概况 later this week (it needs the week before too).
     session.execute(delete(DigestState).where(DigestState.cutoff < state.cutoff - timedelta(days=7)))
-    session.expunge(row)  # its data is large and never read back through this session
     return True
 
 
