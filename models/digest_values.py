@@ -50,6 +50,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from math import isnan, nan
 
 from sqlalchemy import Select, case, delete, func, literal, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,7 +62,7 @@ from models.db import tune_for_aggregates
 from models.periods import UNIT_OF_PERIOD, Term
 from models.schema import DigestState, ScoreEntry, utcnow
 
-FORMAT = 1  # of DigestState.data; a state of another format is ignored (and replaced)
+FORMAT = 2  # of DigestState.data; a state of another format is ignored (and replaced)
 SETTLE = timedelta(hours=1)  # how long after I a state may be built; the margin on revoked_at
 CHUNK = 900  # ids or students per IN list (SQLite allows 999 parameters)
 
@@ -153,6 +154,7 @@ class State:
     pending: list[int] = field(default_factory=list)
     built_at: datetime | None = None
     columns: dict[str, Column] = field(default_factory=dict)
+    scores: dict[int, Scores] = field(default_factory=dict)  # the card's, from these values
 
     @property
     def pairs(self) -> int:
@@ -167,8 +169,8 @@ def _little(a: array) -> array:
 
 
 def encode(state: State) -> bytes:
-    """The columns as one compressed record: a JSON header (points, lengths, period keys), then the
-    arrays, little-endian."""
+    """The columns and scores as one compressed record: a JSON header (points, lengths, period keys),
+    then the arrays, little-endian (scores: student ids, then subtotals and total each, NaN for None)."""
     codes = sorted(c for c, col in state.columns.items() if len(col))
     keys = sorted({k for c in codes for k in state.columns[c].key})
     key_ix = {k: i for i, k in enumerate(keys)}
@@ -176,8 +178,11 @@ def encode(state: State) -> bytes:
     for code in codes:
         col = state.columns[code]
         parts += [col.sid, col.n, col.total, col.value, col.last, array("H", map(key_ix.__getitem__, col.key))]
+    scored = sorted(state.scores)
+    parts += [array("i", scored), array("d", [nan if x is None else x for sid in scored
+                                              for x in (*state.scores[sid].subtotals, state.scores[sid].total)])]
     header = json.dumps({"format": FORMAT, "columns": [[c, len(state.columns[c])] for c in codes],
-                         "keys": keys}).encode("utf-8")
+                         "keys": keys, "scores": len(scored)}).encode("utf-8")
     body = b"".join(_little(a).tobytes() for a in parts)
     return zlib.compress(struct.pack("<I", len(header)) + header + body, 1)
 
@@ -206,6 +211,16 @@ def decode(data: bytes, state: State) -> State | None:
             ix.byteswap()
         col.key = [keys[i] for i in ix]
         state.columns[code] = col
+    width = len(DOMAINS) + 1
+    scored, flat = array("i"), array("d")
+    for a, length in ((scored, header["scores"]), (flat, header["scores"] * width)):
+        a.frombytes(raw[offset:offset + length * a.itemsize])
+        offset += length * a.itemsize
+        if sys.byteorder != "little":
+            a.byteswap()
+    for i, sid in enumerate(scored):
+        row = [None if isnan(x) else x for x in flat[i * width:(i + 1) * width]]
+        state.scores[sid] = Scores(tuple(row[:-1]), row[-1])
     return state
 
 
@@ -276,8 +291,11 @@ class CardMath:
         self.points = [(p.code, DOMAINS.index(p.domain), p, p.weight) for p in catalogue.individual()]
         self.domain_weights = [catalogue.formula.domain_weights.get(d, 0.0) for d in DOMAINS]
 
-    def scores(self, columns: dict[str, tuple[array, array]]) -> dict[int, Scores]:
-        """Every student's scores from (student ids, values) per point."""
+    def scores(self, columns: dict[str, tuple[array, array]],
+               students: set[int] | None = None) -> dict[int, Scores]:
+        """Every student's scores (or only those of `students`) from (student ids, values) per point."""
+        if students is not None:
+            columns = {code: _only(sids, values, students) for code, (sids, values) in columns.items()}
         present: set[int] = set()
         for sids, _values in columns.values():
             present.update(sids)
@@ -356,7 +374,12 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
     fold = _Fold(session, catalogue, kinds, term, base or State(term.key, term.start),
                  sunday, prev_day if same_term else None, split if build else None, monday)
     fold.run()
-    if same_term:
+    if same_term and base is not None:
+        # The base's own scores, but for the students whose values before the delta changed.
+        changed = {sid for per in fold.before.values() for sid in per}
+        before = {sid: sc for sid, sc in base.scores.items() if sid not in changed}
+        before.update(math.scores(fold.before_values(), changed))
+    elif same_term:
         before = math.scores(fold.before_values())
     else:  # the first week of a semester: against the end of the previous one, from its entries
         earlier = _Fold(session, catalogue, kinds, prev_term, State(prev_term.key, prev_term.start),
@@ -368,7 +391,11 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
     now = math.scores(fold.now_values())
     state = None
     if build:
-        state = State(term.key, sunday, fold.max_entry_id, fold.pending, started, fold.base.columns)
+        # The scores of now, but for the students with entries created after the split.
+        late = {sid for per in fold.now.values() for sid in per}
+        scores = {sid: sc for sid, sc in now.items() if sid not in late}
+        scores.update(math.scores({c: (col.sid, col.value) for c, col in fold.base.columns.items()}, late))
+        state = State(term.key, sunday, fold.max_entry_id, fold.pending, started, fold.base.columns, scores)
         save_state(session, catalogue, state)
     return Standing(now, before, fold.week_done, state, base.cutoff if base else None)
 
@@ -421,17 +448,23 @@ class _Fold:
         first_out: int | None = None
         for row in self._read_delta():
             sid, code, key, n, s, last, n_dated, s_dated, last_dated, n_before, s_before, last_before, week, out = row
+            kind = kinds.get(code)
+            if kind is None:  # a point no longer in the catalogue
+                continue
+            if week is None:
+                week = (n_dated or n) - n_before
             if week:
                 week_done[code].add(sid)
             if out is not None and (first_out is None or out < first_out):
                 first_out = out
-            if (sid, code) in exact:
+            if exact and (sid, code) in exact:
                 continue
-            kind = kinds[code]
-            if kind == PERIODS and n == 1 and n_dated == 1 and not n_before:  # the common row: one new period
+            if kind == PERIODS and n == 1 and n_dated == 1 and n_before < 2:  # the common row: one entry
                 _fold(partials[0], kind, (sid, code), key, 1, s, last)
                 if (sid, code) in partials[1]:
                     _fold(partials[1], kind, (sid, code), key, 1, s, last)
+                if n_before:
+                    _fold(partials[2], kind, (sid, code), key, 1, s, last)
                 continue
             if kind not in (MEAN, SUM):
                 if n > 1 or n_dated > 1 or n_before > 1:
@@ -480,14 +513,18 @@ class _Fold:
     def _merge_partials(self, partials: tuple[dict, dict, dict], exact: set[tuple[int, str]]) -> None:
         """Merge the newest and period_mean partials with the base (into the columns where it has the pair)."""
         into, now, before = partials
-        for (sid, code), part in into.items():
-            if (sid, code) in exact:
+        for pair, part in into.items():
+            if pair in exact:
                 continue
+            sid, code = pair
             col = self.base.columns[code]
             i = col.index().get(sid)
             base = None if i is None else col.acc(i)
-            merged = [_merge(self.kinds[code], base, *p) if p else base
-                      for p in (part, now.get((sid, code)), before.get((sid, code)))]
+            if pair not in now and pair not in before:  # the common pair: new entries only
+                merged = [_merge(self.kinds[code], base, *part)]
+            else:
+                merged = [_merge(self.kinds[code], base, *p) if p else base
+                          for p in (part, now.get(pair), before.get(pair))]
             if False in merged:
                 exact.add((sid, code))
                 continue
@@ -495,9 +532,9 @@ class _Fold:
                 self.into[code][sid] = merged[0]
             else:
                 col.n[i], col.total[i], col.value[i], col.last[i], col.key[i] = merged[0]
-            if (sid, code) in now:
+            if pair in now:
                 self.now[code][sid] = merged[1]
-            if (sid, code) in before:
+            if pair in before:
                 self.before[code][sid] = merged[2]
         for changes, partial in ((self.now, now), (self.before, before)):
             for (sid, code), part in partial.items():  # pairs without entries into the state
@@ -531,11 +568,16 @@ class _Fold:
                 columns += [literal(0), literal(None), literal(None)]
             else:
                 columns += [func.count().filter(f), func.sum(e.value).filter(f), func.max(e.id).filter(f)]
-        columns.append(func.count().filter(dated & (e.occurred_on >= (self.monday or date.max))))
+        if self.monday is not None and self.before_cut == self.monday - timedelta(days=1):
+            columns.append(literal(None))  # in the week: dated by the cutoff, not by the one before
+        else:
+            columns.append(func.count().filter(dated & (e.occurred_on >= (self.monday or date.max))))
         columns.append(func.min(e.id).filter(~into) if self.split is not None else literal(None))
+        # From nothing, every (student, point, period) of the semester is a group: hashed in memory.
+        cold = self.base.max_entry_id == 0 and not self.base.pending
         yield from _stream(self.session, select(e.student_id, e.point_code, pk, *columns)
-                           .where(self._in_delta(), *_live(self.term), e.point_code.in_(list(self.kinds)))
-                           .group_by(e.student_id, e.point_code, pk))
+                           .where(self._in_delta(), *_live(self.term))
+                           .group_by(e.student_id, e.point_code, pk), "256MB" if cold else None)
 
     def _newest_values(self, waiting: list[tuple]) -> dict[int, float]:
         """The value of each newest entry of a group of two or more, by id."""
@@ -628,6 +670,12 @@ class _Fold:
         return col
 
 
+def _only(sids: array, values: array, students: set[int]) -> tuple[array, array]:
+    """The (student id, value) pairs of `students`."""
+    kept = [(sid, value) for sid, value in zip(sids, values, strict=True) if sid in students]
+    return array("i", [sid for sid, _v in kept]), array("d", [v for _s, v in kept])
+
+
 def _fold(partial: dict, kind: str, pair: tuple[int, str], key: str, n: int, value: float, last: int) -> None:
     """Fold a group (a period of a period_mean pair; a newest pair's entries) into a partial."""
     if not n:
@@ -670,18 +718,21 @@ def _patched(sids: array, values: array, index: dict[int, int],
     return sids, values
 
 
-def _stream(session: Session, query: Select) -> Iterator[tuple]:
+def _stream(session: Session, query: Select, memory: str | None = None) -> Iterator[tuple]:
     """A large query's rows as plain tuples, a chunk at a time (a cold run has a row per period:
     600,000 at 15,000 students). On PostgreSQL straight from a psycopg server-side cursor, planned
-    for all its rows: SQLAlchemy's Row objects would cost more than the query."""
+    for all its rows (SQLAlchemy's Row objects would cost more than the query), with `memory` as
+    work_mem if given."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         for chunk in connection.execute(query.execution_options(yield_per=20_000)).partitions():
             yield from chunk
         return
     session.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
+    if memory:
+        session.execute(text(f"SET LOCAL work_mem = '{memory}'"))
     compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    with connection.connection.dbapi_connection.cursor(name="digest_delta") as cursor:
+    with connection.connection.dbapi_connection.cursor(name="digest_delta", binary=True) as cursor:
         cursor.itersize = 20_000
         cursor.execute(compiled.string, compiled.params)
         yield from cursor

@@ -243,6 +243,8 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
         assert written.cutoff == week.sunday
         assert (written.max_entry_id, written.pending) == (cold.max_entry_id, cold.pending)
         assert columns_of(written) == columns_of(cold.base)
+        assert written.scores == dv.CardMath(catalogue).scores({c: (col.sid, col.value)
+                                                                for c, col in cold.base.columns.items()})
         if w:
             assert written.pending, "the entry created after midnight with the smaller id is pending"
 
