@@ -204,6 +204,15 @@ def _zone():  # noqa: ANN202 - a tzinfo
     return local_zone()
 
 
+def compared_with(week: DigestWeek, cal: Calendar) -> tuple[Term, date]:
+    """The semester and day the week's card values are compared with, as the card does: the Sunday
+    before, or in the first week of a semester the end of the previous one."""
+    if week.previous_sunday >= week.term.start:
+        return week.term, week.previous_sunday
+    previous = cal.previous_term(week.term)
+    return previous, previous.end
+
+
 def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: date, *,
                   persist: bool = False) -> CollegeData:
     """Compute the digest data for the whole college: a handful of aggregate queries.
@@ -220,9 +229,8 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
     class_of = dict(session.execute(select(Student.id, Student.class_id)).all())
 
     # Card scores at the two cutoffs: last week's state and the entries since (models/digest_values.py).
-    previous = ((week.term, week.previous_sunday) if week.previous_sunday >= week.term.start
-                else (cal.previous_term(week.term), cal.previous_term(week.term).end))
-    values = standing(session, catalogue, week.term, week.sunday, week.monday, previous, _zone(), persist=persist)
+    values = standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal), _zone(),
+                      persist=persist)
     members: dict[int, list[int]] = defaultdict(list)
     for sid, class_id in class_of.items():
         members[class_id].append(sid)

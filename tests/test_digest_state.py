@@ -27,7 +27,16 @@ import models.scores as scores
 import scheduler.jobs  # noqa: F401  (registers every job)
 from models.catalogue import DOMAINS
 from models.demo import load_demo
-from models.digest import PURPOSE, _zone, build_college, digest_context, digest_week, recipients, render_markdown
+from models.digest import (
+    PURPOSE,
+    _zone,
+    build_college,
+    compared_with,
+    digest_context,
+    digest_week,
+    recipients,
+    render_markdown,
+)
 from models.periods import place
 from models.schema import DigestState, OutboxMessage, SchoolClass, ScoreEntry, Staff, Student
 from models.scores import PlannedEntry, load_calendar, record_entries, revoke, student_card
@@ -38,13 +47,16 @@ TZ = ZoneInfo("Asia/Shanghai")
 LOADED = date(2025, 10, 12)  # a Sunday: the demo history ends here
 FIRST = date(2025, 10, 13)  # the first simulated Monday
 WEEKS = 5
+# The second semester (default calendar: from 1 February): its first digest is against the end of
+# the first semester, from the entries (学期末 values, and the 学年初 ones that count in both).
+SPRING = (date(2026, 2, 1), date(2026, 2, 2), 3)
 
 
 class Clock:
     """The simulated wall clock: what recording, 撤销 and the state's built_at read."""
 
-    def __init__(self) -> None:
-        self.at = datetime.combine(FIRST, time(0), TZ)
+    def __init__(self, day: date) -> None:
+        self.at = datetime.combine(day, time(0), TZ)
 
     def set(self, day: date, hour: int, minute: int = 0, second: int = 0) -> None:
         self.at = datetime.combine(day, time(hour, minute, second), TZ)
@@ -160,14 +172,19 @@ class College:
                     next_monday)
 
 
-@pytest.fixture
-def college(session, catalogue, monkeypatch):
-    load_demo(session, catalogue, LOADED)
+def demo_college(session, catalogue, monkeypatch, loaded: date = LOADED, first: date = FIRST) -> College:
+    """The demo college loaded up to `loaded`, recorded in from `first` on under a simulated clock."""
+    load_demo(session, catalogue, loaded)
     session.commit()
-    clock = Clock()
+    clock = Clock(first)
     monkeypatch.setattr(scores, "utcnow", clock)
     monkeypatch.setattr(dv, "utcnow", clock)
     return College(session, catalogue, clock)
+
+
+@pytest.fixture
+def college(session, catalogue, monkeypatch):
+    return demo_college(session, catalogue, monkeypatch)
 
 
 def run_digest(db_url, redis_url, monday: date, at: time = time(7, 50)):
@@ -205,15 +222,17 @@ def columns_of(state: dv.State) -> dict[str, dict[int, tuple]]:
             for code, col in state.columns.items() if len(col)}
 
 
-def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(college, session, catalogue,
-                                                                                db_url, redis_url):
+@pytest.mark.parametrize("start", [(LOADED, FIRST, WEEKS), SPRING], ids=["autumn", "spring"])
+def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(start, session, catalogue, db_url,
+                                                                                redis_url, monkeypatch):
+    loaded, monday, weeks = start
+    college = demo_college(session, catalogue, monkeypatch, loaded, monday)
     cal = college.cal
-    monday = FIRST
     # Before any state: 本周概况 computes from scratch and writes none.
     assert "储值卡周报" in say(make_service(db_url, monday + timedelta(days=2), redis_url), "wujun", "本周概况")
     assert state_rows(session) == []
     merged_weeks = 0
-    for w in range(WEEKS):
+    for w in range(weeks):
         week = digest_week(monday, cal)
         if w == 0:  # just after midnight the last entries of Sunday may still be committing: no state yet
             college.clock.set(monday, 0, 10)
@@ -260,8 +279,8 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
         people = {p.userid: p.department_id for p in recipients(session) if p.userid}
         expected = from_scratch(session, lambda day=monday: build_college(session, catalogue, cal, day))
         assert bodies == {u: render_markdown(digest_context(expected, d))[0] for u, d in people.items()}
-        standing = dv.standing(session, catalogue, week.term, week.sunday, week.monday,
-                               (week.term, week.previous_sunday), _zone(), persist=False)
+        standing = dv.standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal),
+                               _zone(), persist=False)
         merged_weeks += standing.from_state is not None
         assert standing.from_state == (week.previous_sunday if w else None)
 
@@ -287,7 +306,7 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
         assert state_rows(session) == rows
         college.week(monday, first=w == 0)
         monday += timedelta(days=7)
-    assert merged_weeks == WEEKS - 1
+    assert merged_weeks == weeks - 1
 
 
 def test_a_concurrent_run_keeps_the_first_state_and_goes_on(college, session, catalogue, clean_db):
