@@ -10,11 +10,11 @@ The state as of Sunday C holds, for every (student, point) of the semester, the 
 the live entries with occurred_on ≤ C and created_at < I, I being the Monday 00:00 (APP_TIMEZONE)
 after C: a count and a total (每次课前 means, counts), the newest value and its id (points whose
 newest value counts), the number of periods, the total of each period's newest value and the
-last period (周末 and 月末 points). `max_entry_id` is the largest id of an entry created before I,
-`pending` the ids up to it of entries not in the state (created at or after I, dated after C:
-rare). It is built no sooner than an hour after I, so every transaction that wrote an entry
-created before I has committed: no entry up to max_entry_id can still appear. `built_at` is when
-its reading began.
+last period (周末 and 月末 points); and every student's card scores from those values.
+`max_entry_id` is the largest id of an entry created before I, `pending` the ids up to it of
+entries not in the state (created at or after I, dated after C: rare). It is built no sooner than
+an hour after I, so every transaction that wrote an entry created before I has committed: no
+entry up to max_entry_id can still appear. `built_at` is when its reading began.
 
 The digest for the week ending S takes the newest state P of the semester with C ≤ S − 7 and reads
 the DELTA: live entries with id > P.max_entry_id or in P.pending (a primary-key range), in one
@@ -29,7 +29,8 @@ entry of a period P already has (a replacement, a late entry) or an earlier one.
 nothing: every entry is the delta.
 
 The card formula then runs point by point over every student at once (CardMath), with the float
-operations of models/card.py in the same order, so the scores are those of the cards.
+operations of models/card.py in the same order, so the scores are those of the cards: for every
+student as of S, and as of S − 7 only for those the delta changed there (the others keep P's).
 
 Only the weekly job persists a state (`persist`); 本周概况 reads the newest one and writes none.
 Sums are of floats, in SQL and Python, as the from-scratch sums were: values whose sums are exact
@@ -82,8 +83,9 @@ def kind_of(point: ScorePoint) -> str:
 
 
 def fingerprint(catalogue: Catalogue) -> str:
-    """Everything a state's accumulators depend on: the individual points (kinds, periods)."""
-    text = repr((FORMAT, [(p.code, kind_of(p), p.period) for p in catalogue.individual()]))
+    """Everything a state depends on: the individual points (how values are made, how they score)
+    and the domain weights; a state made with another catalogue is not used."""
+    text = repr((FORMAT, catalogue.individual(), sorted(catalogue.formula.domain_weights.items())))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -339,7 +341,6 @@ class Standing:
     now: dict[int, Scores]
     before: dict[int, Scores]
     week_done: dict[str, set[int]]  # point code → students with an entry dated in the week
-    state: State | None = None  # the new state as of the Sunday, when one was built
     from_state: date | None = None  # the cutoff of the state the values were merged from
 
 
@@ -389,7 +390,6 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
         before = math.scores(earlier.now_values())
     fold.apply()
     now = math.scores(fold.now_values())
-    state = None
     if build:
         # The scores of now, but for the students with entries created after the split.
         late = {sid for per in fold.now.values() for sid in per}
@@ -397,7 +397,7 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
         scores.update(math.scores({c: (col.sid, col.value) for c, col in fold.base.columns.items()}, late))
         state = State(term.key, sunday, fold.max_entry_id, fold.pending, started, fold.base.columns, scores)
         save_state(session, catalogue, state)
-    return Standing(now, before, fold.week_done, state, base.cutoff if base else None)
+    return Standing(now, before, fold.week_done, base.cutoff if base else None)
 
 
 class _Fold:
@@ -439,6 +439,7 @@ class _Fold:
         self.base_values = {code: (array("i", col.sid), array("d", col.value), col.index())
                             for code, col in columns.items()}
         into = {code: self.into[code] for code in kinds}
+        indexes = {code: col.index() for code, col in columns.items()}
         # Newest and period_mean pairs come a row per period: each row is folded into the pair's
         # partial (count, total, largest id, first and last period key) into the state, and, for a
         # pair with entries created after the split, as of the cutoff; merged at the end. A group of
@@ -472,19 +473,25 @@ class _Fold:
                 else:
                     self._fold_row(partials, kind, row, s, s_dated, s_before)
                 continue
-            col = columns[code]  # mean, sum: one row per pair, merged here
-            i = col.index().get(sid)
-            base = None if i is None else (col.n[i], col.total[i], 0.0, col.last[i], "")
+            # Mean, sum: one row per pair, merged here (as _merge does, inline: most rows are these).
+            col = columns[code]
+            i = indexes[code].get(sid)
+            n0, total0, last0 = (0, 0.0, 0) if i is None else (col.n[i], col.total[i], col.last[i])
             if n:
-                acc = _merge(kind, base, n, s, last, "", "")
+                total = total0 + s
+                value = total / (n0 + n) if kind == MEAN else total
                 if i is None:
-                    into[code][sid] = acc
+                    into[code][sid] = (n, total, value, last, "")
                 else:
-                    col.n[i], col.total[i], col.value[i], col.last[i] = acc[:4]
+                    col.n[i], col.total[i], col.value[i], col.last[i] = n0 + n, total, value, max(last0, last)
             if n_dated > n:
-                self.now[code][sid] = _merge(kind, base, n_dated, s_dated, last_dated, "", "")
+                total = total0 + s_dated
+                self.now[code][sid] = (n0 + n_dated, total, total / (n0 + n_dated) if kind == MEAN else total,
+                                       max(last0, last_dated), "")
             if n_before:
-                self.before[code][sid] = _merge(kind, base, n_before, s_before, last_before, "", "")
+                total = total0 + s_before
+                self.before[code][sid] = (n0 + n_before, total, total / (n0 + n_before) if kind == MEAN else total,
+                                          max(last0, last_before), "")
         newest = self._newest_values(waiting)
         for row in waiting:
             n, s, n_dated, s_dated, n_before, s_before = row[3], row[4], row[6], row[7], row[9], row[10]

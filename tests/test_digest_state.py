@@ -346,3 +346,19 @@ def test_a_concurrent_run_keeps_the_first_state_and_goes_on(college, session, ca
     assert [r.cutoff for r in state_rows(session)] == [week.sunday]
     written = dv.load_state(session, catalogue, week.term, week.sunday)
     assert columns_of(written) == columns_of(state)
+
+
+def test_a_state_of_another_catalogue_is_not_used(college, session, catalogue, db_url, redis_url):
+    """A weight or a kind edited in catalogue.toml changes the card: last week's state no longer fits."""
+    import dataclasses
+
+    from models.catalogue import Catalogue
+
+    college.clock.set(FIRST, 7, 50)
+    run_digest(db_url, redis_url, FIRST)
+    week = digest_week(FIRST, college.cal)
+    assert dv.load_state(session, catalogue, week.term, week.sunday) is not None
+    points = [dataclasses.replace(p, weight=2.0) if p.code == "A03" else p for p in catalogue.points]
+    edited = Catalogue(points, catalogue.formula)
+    assert dv.fingerprint(edited) != dv.fingerprint(catalogue)
+    assert dv.load_state(session, edited, week.term, week.sunday) is None
