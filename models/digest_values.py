@@ -447,13 +447,18 @@ class _Fold:
         partials: tuple[dict, dict, dict] = ({}, {}, {})
         waiting: list[tuple] = []
         first_out: int | None = None
-        for row in self._read_delta():
-            sid, code, key, n, s, last, n_dated, s_dated, last_dated, n_before, s_before, last_before, week, out = row
+        for sid, code, key, n, s, last, n_late, s_late, last_late, n_before, s_before, last_before, week, out \
+                in self._read_delta():
             kind = kinds.get(code)
             if kind is None:  # a point no longer in the catalogue
                 continue
+            # Dated by the cutoff: into the state, and created after the split.
+            if n_late:
+                n_dated, s_dated, last_dated = n + n_late, (s if n else 0.0) + s_late, max(last or 0, last_late)
+            else:
+                n_dated, s_dated, last_dated = n, s, last
             if week is None:
-                week = (n_dated or n) - n_before
+                week = n_dated - n_before
             if week:
                 week_done[code].add(sid)
             if out is not None and (first_out is None or out < first_out):
@@ -468,6 +473,7 @@ class _Fold:
                     _fold(partials[2], kind, (sid, code), key, 1, s, last)
                 continue
             if kind not in (MEAN, SUM):
+                row = (sid, code, key, n, s, last, n_dated, s_dated, last_dated, n_before, s_before, last_before)
                 if n > 1 or n_dated > 1 or n_before > 1:
                     waiting.append(row)
                 else:
@@ -559,9 +565,9 @@ class _Fold:
         """The delta aggregated per student, point and (period_mean points) period: one query, streamed.
 
         Per row: the count, total and largest id into the new state (dated by the cutoff and, with a
-        split, created before it), dated by the cutoff (with a split; else zero), and dated by the
-        cutoff before (else zero); whether it has entries dated in the week (data entry); the first
-        id left out of the new state.
+        split, created before it), dated by the cutoff but created after the split (else zero), and
+        dated by the cutoff before (else zero); whether it has entries dated in the week (data
+        entry; None: the counts tell); the first id left out of the new state.
         """
         e = ScoreEntry
         periodic = sorted(c for c, k in self.kinds.items() if k == PERIODS)
@@ -569,8 +575,10 @@ class _Fold:
         dated = e.occurred_on <= self.cutoff
         into = dated & (e.created_at < self.split) if self.split is not None else dated
         columns = []
-        for f in (into, dated if self.split is not None else None,
-                  e.occurred_on <= self.before_cut if self.before_cut is not None else None):
+        # The filters' aggregates cost where they hold: into the state holds for nearly every row,
+        # created after the split and dated by the cutoff before for few.
+        late = dated & (e.created_at >= self.split) if self.split is not None else None
+        for f in (into, late, e.occurred_on <= self.before_cut if self.before_cut is not None else None):
             if f is None:
                 columns += [literal(0), literal(None), literal(None)]
             else:
