@@ -445,6 +445,7 @@ class _Fold:
         # pair with entries created after the split, as of the cutoff; merged at the end. A group of
         # two or more entries (a replacement) waits for its newest entry's value.
         partials: tuple[dict, dict, dict] = ({}, {}, {})
+        into_partial = partials[0]
         waiting: list[tuple] = []
         first_out: int | None = None
         for sid, code, key, n, s, last, n_late, s_late, last_late, n_before, s_before, last_before, week, out \
@@ -466,11 +467,19 @@ class _Fold:
             if exact and (sid, code) in exact:
                 continue
             if kind == PERIODS and n == 1 and n_dated == 1 and n_before < 2:  # the common row: one entry
-                _fold(partials[0], kind, (sid, code), key, 1, s, last)
-                if (sid, code) in partials[1]:
-                    _fold(partials[1], kind, (sid, code), key, 1, s, last)
+                pair = (sid, code)
+                acc = into_partial.get(pair)
+                if acc is None:  # as _fold does, inline
+                    into_partial[pair] = [1, s, last, key, key]
+                else:
+                    acc[0] += 1
+                    acc[1] += s
+                    acc[2] = max(acc[2], last)
+                    acc[3], acc[4] = min(acc[3], key), max(acc[4], key)
+                if pair in partials[1]:
+                    _fold(partials[1], kind, pair, key, 1, s, last)
                 if n_before:
-                    _fold(partials[2], kind, (sid, code), key, 1, s, last)
+                    _fold(partials[2], kind, pair, key, 1, s, last)
                 continue
             if kind not in (MEAN, SUM):
                 row = (sid, code, key, n, s, last, n_dated, s_dated, last_dated, n_before, s_before, last_before)
