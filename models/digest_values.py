@@ -535,17 +535,25 @@ class _Fold:
     def _merge_partials(self, partials: tuple[dict, dict, dict], exact: set[tuple[int, str]]) -> None:
         """Merge the newest and period_mean partials with the base (into the columns where it has the pair)."""
         into, now, before = partials
+        columns, kinds = self.base.columns, self.kinds
+        indexes = {code: col.index() for code, col in columns.items()}
         for pair, part in into.items():
             if pair in exact:
                 continue
             sid, code = pair
-            col = self.base.columns[code]
-            i = col.index().get(sid)
+            col = columns[code]
+            i = indexes[code].get(sid)
+            if i is not None and pair not in now and pair not in before and kinds[code] == PERIODS \
+                    and part[3] > col.key[i]:  # the common pair: new periods only; as _merge does, inline
+                n, total = col.n[i] + part[0], col.total[i] + part[1]
+                col.n[i], col.total[i], col.value[i], col.last[i], col.key[i] = \
+                    n, total, total / n, max(col.last[i], part[2]), part[4]
+                continue
             base = None if i is None else col.acc(i)
-            if pair not in now and pair not in before:  # the common pair: new entries only
-                merged = [_merge(self.kinds[code], base, *part)]
+            if pair not in now and pair not in before:
+                merged = [_merge(kinds[code], base, *part)]
             else:
-                merged = [_merge(self.kinds[code], base, *p) if p else base
+                merged = [_merge(kinds[code], base, *p) if p else base
                           for p in (part, now.get(pair), before.get(pair))]
             if False in merged:
                 exact.add((sid, code))
