@@ -45,7 +45,6 @@ import hashlib
 import json
 import struct
 import sys
-import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Iterator
@@ -63,7 +62,7 @@ from models.db import tune_for_aggregates
 from models.periods import UNIT_OF_PERIOD, Term
 from models.schema import DigestState, ScoreEntry, utcnow
 
-FORMAT = 2  # of DigestState.data; a state of another format is ignored (and replaced)
+FORMAT = 3  # of DigestState.data; a state of another format is ignored (and replaced)
 SETTLE = timedelta(hours=1)  # how long after I a state may be built; the margin on revoked_at
 CHUNK = 900  # ids or students per IN list (SQLite allows 999 parameters)
 
@@ -171,7 +170,7 @@ def _little(a: array) -> array:
 
 
 def encode(state: State) -> bytes:
-    """The columns and scores as one compressed record: a JSON header (points, lengths, period keys),
+    """The columns and scores as one record: a JSON header (points, lengths, period keys),
     then the arrays, little-endian (scores: student ids, then subtotals and total each, NaN for None)."""
     codes = sorted(c for c, col in state.columns.items() if len(col))
     keys = sorted({k for c in codes for k in state.columns[c].key})
@@ -186,14 +185,15 @@ def encode(state: State) -> bytes:
     header = json.dumps({"format": FORMAT, "columns": [[c, len(state.columns[c])] for c in codes],
                          "keys": keys, "scores": len(scored)}).encode("utf-8")
     body = b"".join(_little(a).tobytes() for a in parts)
-    return zlib.compress(struct.pack("<I", len(header)) + header + body, 1)
+    # Not compressed: compressing 5 MB costs more here than writing it (PostgreSQL stores it as is).
+    return struct.pack("<I", len(header)) + header + body
 
 
 def decode(data: bytes, state: State) -> State | None:
     """Fill `state` from `encode`'s record (None: another format)."""
-    raw = zlib.decompress(data)
+    raw = memoryview(data)
     (size,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + size])
+    header = json.loads(bytes(raw[4:4 + size]))
     if header.get("format") != FORMAT:
         return None
     offset = 4 + size
