@@ -17,11 +17,12 @@ What it reports, for the ISO week just ended (Monday to Sunday):
   most false alarms over the last four weeks;
 - plan tasks overdue (open, past their deadline) by unit: 层面, else the owner's department.
 
-Set-based: every number comes from a handful of aggregate queries over the whole college (one
-GROUP BY student and point over the semester's entries, a few small ones for classes, staff,
-warnings and tasks); there is no per-student or per-class query. The per-student card formula
-then runs in Python over the aggregated point values, summing in the catalogue's order exactly
-as `build_card` does, so the numbers are those of the cards.
+Set-based: every number comes from a handful of aggregate queries over the whole college, and
+no per-student or per-class query. The card scores come from models/digest_values.py: the weekly
+job keeps every student's point values as of the week's Sunday, and next week's digest merges them
+with the entries recorded since (one aggregate over those only), then runs the card formula point
+by point for every student at once, with the float operations of `build_card`, so the numbers are
+those of the cards.
 """
 
 from __future__ import annotations
@@ -32,22 +33,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import fmean, median
 
-from sqlalchemy import case, func, literal, literal_column, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from bot.templating import render
-from models.card import Entry, point_value
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.db import tune_for_aggregates
+from models.digest_values import EMPTY, Scores, standing
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
-from models.periods import UNIT_OF_PERIOD, Calendar, Term, week_bounds, week_key
+from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import (
     Department,
     PlanTask,
     RiskWarning,
     RiskWarningEvent,
     SchoolClass,
-    ScoreEntry,
     Staff,
     Student,
 )
@@ -93,235 +92,6 @@ def digest_week(today: date, cal: Calendar) -> DigestWeek:
     return DigestWeek(monday, sunday, week_key(monday), term, sunday - timedelta(days=7), session_days)
 
 
-# ── point values and the card formula, for every student at once ─────────────
-
-def _kind(point: ScorePoint) -> str:
-    """How a point's semester value is made (mirrors models.card.point_value)."""
-    if point.is_observation:
-        return "mean"
-    if point.accumulates:
-        return "sum"
-    if UNIT_OF_PERIOD[point.period] in ("week", "month"):
-        return "period_mean"  # the mean over periods of each period's newest value
-    return "newest"  # the newest value of all
-
-
-@dataclass
-class StudentValues:
-    """Point values per student at the two cutoffs, and who has a value in the week (data entry)."""
-
-    now: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
-    before: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
-    week_done: Counter = field(default_factory=Counter)  # (student id, code) with an entry in the week key
-
-
-def _live(term: Term, cutoff: date):  # noqa: ANN202 - a SQL condition
-    return (ScoreEntry.revoked_at.is_(None), ScoreEntry.student_id.is_not(None),
-            or_(ScoreEntry.semester_key == term.key, ScoreEntry.period_key == term.year),
-            ScoreEntry.occurred_on <= cutoff)
-
-
-def student_point_values(session: Session, catalogue: Catalogue, term: Term, cutoff: date,
-                         previous_cutoff: date | None, week: date | None = None) -> StudentValues:
-    """Every student's semester point values as of `cutoff` (and `previous_cutoff`), from ONE aggregate.
-
-    `week` is the Monday of the week whose entries count as data entry (`week_done`).
-    On PostgreSQL the aggregate is one GROUP BY student and point, with a bitmask of the
-    periods seen (weeks or months since the semester began) so that a period recorded twice
-    shows as more entries than periods; only those (rare) student × point pairs are then read
-    entry by entry and valued with models.card.point_value itself. Elsewhere (SQLite) a
-    two-level GROUP BY (per period, then per point) gives the same values.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        tune_for_aggregates(session)
-        return _values_masked(session, catalogue, term, cutoff, previous_cutoff, week)
-    return _values_two_level(session, catalogue, term, cutoff, previous_cutoff, week)
-
-
-def _kinds(catalogue: Catalogue) -> dict[str, str]:
-    return {p.code: _kind(p) for p in catalogue.individual()}
-
-
-def _values_masked(session: Session, catalogue: Catalogue, term: Term, cutoff: date,
-                   previous_cutoff: date | None, week: date | None) -> StudentValues:
-    """PostgreSQL: one GROUP BY (student, point); exact re-reading where a period has two entries."""
-    kinds = _kinds(catalogue)
-    periodic = sorted(c for c, k in kinds.items() if k == "period_mean")
-    day = ScoreEntry.occurred_on
-    # One bit per period: the week (01–53) or month (01–12) number that ends every week or month
-    # key; a semester is shorter than a year, so different periods never share a bit.
-    bit = case((ScoreEntry.point_code.in_(periodic),
-                literal_column("1::bigint << right(score_entry.period_key, 2)::int")),
-               else_=literal_column("0::bigint"))
-    prev = day <= (previous_cutoff or date.min)
-    rows = session.connection().execute(  # plain rows: no ORM loading for 100,000s of them
-        select(ScoreEntry.student_id, ScoreEntry.point_code,
-               func.count(), func.sum(ScoreEntry.value), func.max(ScoreEntry.id), func.bit_or(bit),
-               func.count().filter(prev), func.sum(ScoreEntry.value).filter(prev),
-               func.max(ScoreEntry.id).filter(prev), func.bit_or(bit).filter(prev), func.max(day))
-        .where(*_live(term, cutoff), ScoreEntry.point_code.in_(list(kinds)))
-        .group_by(ScoreEntry.student_id, ScoreEntry.point_code)).all()
-    out = StudentValues()
-    newest: list[tuple[dict[str, float], str, int]] = []
-    exact: set[tuple[int, str]] = set()
-    for sid, code, n, total, last, mask, n_prev, total_prev, last_prev, mask_prev, last_on in rows:
-        kind = kinds[code]
-        if week is not None and last_on >= week:
-            out.week_done[(sid, code)] = 1
-        for values, count, s, newest_id, periods in ((out.now[sid], n, total, last, mask),
-                                                      (out.before[sid], n_prev, total_prev, last_prev, mask_prev)):
-            if not count:
-                continue
-            if kind == "mean":
-                values[code] = s / count
-            elif kind == "sum":
-                values[code] = float(s)
-            elif count == 1:
-                values[code] = float(s)
-            elif kind == "newest":
-                newest.append((values, code, newest_id))
-            elif count == periods.bit_count():
-                values[code] = s / count  # one entry per period: the mean of the periods' values
-            else:
-                exact.add((sid, code))
-    _fill_newest(session, newest)
-    if exact:
-        _fill_exact(session, catalogue, term, cutoff, previous_cutoff, exact, out)
-    if previous_cutoff is None:
-        out.before = defaultdict(dict)
-    return out
-
-
-def _fill_newest(session: Session, pending: list[tuple[dict[str, float], str, int]]) -> None:
-    """The value of each point's newest entry, read by id (points recorded more than once)."""
-    ids = sorted({i for _v, _c, i in pending})
-    found: dict[int, float] = {}
-    for start in range(0, len(ids), 900):
-        found.update(session.execute(select(ScoreEntry.id, ScoreEntry.value)
-                                     .where(ScoreEntry.id.in_(ids[start:start + 900]))).all())
-    for values, code, newest_id in pending:
-        values[code] = found[newest_id]
-
-
-def _fill_exact(session: Session, catalogue: Catalogue, term: Term, cutoff: date, previous_cutoff: date | None,
-                pairs: set[tuple[int, str]], out: StudentValues) -> None:
-    """Student × point pairs with a period recorded twice: valued from their entries by the card's own code."""
-    by_student: dict[int, set[str]] = defaultdict(set)
-    for sid, code in pairs:
-        by_student[sid].add(code)
-    students = sorted(by_student)
-    for start in range(0, len(students), 900):
-        chunk = students[start:start + 900]
-        codes = sorted({c for sid in chunk for c in by_student[sid]})
-        grouped: dict[tuple[int, str], list[Entry]] = defaultdict(list)
-        for r in session.execute(
-                select(ScoreEntry.id, ScoreEntry.point_code, ScoreEntry.period_key, ScoreEntry.occurred_on,
-                       ScoreEntry.value, ScoreEntry.student_id)
-                .where(*_live(term, cutoff), ScoreEntry.student_id.in_(chunk), ScoreEntry.point_code.in_(codes))):
-            if r.point_code in by_student[r.student_id]:
-                grouped[(r.student_id, r.point_code)].append(
-                    Entry(r.id, r.point_code, r.period_key, r.occurred_on, r.value))
-        for (sid, code), entries in grouped.items():
-            point = catalogue.by_code[code]
-            now = point_value(point, entries)
-            if now is not None:
-                out.now[sid][code] = now.value
-            if previous_cutoff is not None:
-                before = point_value(point, [e for e in entries if e.occurred_on <= previous_cutoff])
-                if before is not None:
-                    out.before[sid][code] = before.value
-
-
-def _values_two_level(session: Session, catalogue: Catalogue, term: Term, cutoff: date,
-                      previous_cutoff: date | None, week: date | None) -> StudentValues:
-    """Any database: per (student, point, period) for the points kept per period, then per (student, point)."""
-    kinds = _kinds(catalogue)
-    by_period = sorted(c for c, k in kinds.items() if k == "period_mean")
-    prev = ScoreEntry.occurred_on <= (previous_cutoff or date.min)
-    in_week = ScoreEntry.occurred_on >= (week or date.max)
-    one, zero = literal(1), literal(0)
-    grouped_period = case((ScoreEntry.point_code.in_(by_period), ScoreEntry.period_key), else_=literal(""))
-    inner = (
-        select(ScoreEntry.student_id.label("sid"), ScoreEntry.point_code.label("code"),
-               grouped_period.label("pk"),
-               func.count().label("n"), func.sum(ScoreEntry.value).label("s"), func.max(ScoreEntry.id).label("last"),
-               func.sum(case((prev, one), else_=zero)).label("n_prev"),
-               func.sum(case((prev, ScoreEntry.value), else_=None)).label("s_prev"),
-               func.max(case((prev, ScoreEntry.id), else_=None)).label("last_prev"),
-               func.sum(case((in_week, one), else_=zero)).label("n_week"))
-        .where(*_live(term, cutoff), ScoreEntry.point_code.in_(list(kinds)))
-        .group_by(ScoreEntry.student_id, ScoreEntry.point_code, grouped_period)
-        .subquery())
-    newest = aliased(ScoreEntry)
-    newest_prev = aliased(ScoreEntry)
-    latest_value = select(newest.value).where(newest.id == inner.c.last).scalar_subquery()
-    latest_prev = select(newest_prev.value).where(newest_prev.id == inner.c.last_prev).scalar_subquery()
-    periodic = inner.c.pk != ""
-    outer = (
-        select(inner.c.sid, inner.c.code,
-               func.sum(case((periodic, one), else_=inner.c.n)).label("cnt"),
-               func.sum(case((periodic & (inner.c.n > 1), latest_value), else_=inner.c.s)).label("tot"),
-               func.sum(case((periodic & (inner.c.n_prev > 0), one), (periodic, zero),
-                             else_=inner.c.n_prev)).label("cnt_prev"),
-               func.sum(case((periodic & (inner.c.n_prev > 1), latest_prev), else_=inner.c.s_prev)).label("tot_prev"),
-               func.max(inner.c.last).label("last"), func.max(inner.c.last_prev).label("last_prev"),
-               func.sum(inner.c.n_week).label("n_week"))
-        .group_by(inner.c.sid, inner.c.code))
-    out = StudentValues()
-    pending: list[tuple[dict[str, float], str, int]] = []
-    for sid, code, cnt, tot, cnt_prev, tot_prev, last, last_prev, n_week in session.execute(outer):
-        kind = kinds[code]
-        if n_week:
-            out.week_done[(sid, code)] = 1
-        for values, count, total, newest_id in ((out.now[sid], cnt, tot, last),
-                                                (out.before[sid], cnt_prev, tot_prev, last_prev)):
-            if not count or total is None:
-                continue
-            if kind in ("mean", "period_mean"):
-                values[code] = float(total) / int(count)
-            elif kind == "sum" or count == 1:
-                values[code] = float(total)
-            else:
-                pending.append((values, code, newest_id))
-    _fill_newest(session, pending)
-    if previous_cutoff is None:
-        out.before = defaultdict(dict)
-    return out
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One student's card numbers: subtotals by domain and total (None where nothing counts)."""
-
-    subtotals: tuple[float | None, ...]
-    total: float | None
-
-
-class CardMath:
-    """The card formula of models/card.py over plain point values, summed in the same order."""
-
-    def __init__(self, catalogue: Catalogue, codes: set[str] | None = None) -> None:
-        """`codes`: the points that have values at all (the others need not be looked at)."""
-        pool = [p for p in catalogue.individual() if codes is None or p.code in codes]
-        self.by_domain = [[(p.code, p, p.weight) for p in pool if p.domain == d] for d in DOMAINS]
-        self.domain_weights = [catalogue.formula.domain_weights.get(d, 0.0) for d in DOMAINS]
-
-    def scores(self, values: dict[str, float]) -> Scores:
-        subtotals: list[float | None] = []
-        for domain_points in self.by_domain:
-            weighted = weights = 0.0
-            for code, point, weight in domain_points:
-                value = values.get(code)
-                if value is not None:
-                    weighted += point.card_points(value) * weight
-                    weights += weight
-            subtotals.append(round(weighted / weights, 1) if weights else None)
-        present = [(s, w) for s, w in zip(subtotals, self.domain_weights, strict=True) if s is not None]
-        denom = sum(w for _s, w in present)
-        total = round(sum(s * w for s, w in present) / denom, 1) if denom else None
-        return Scores(tuple(subtotals), total)
-
-
 # ── the college's data, once ─────────────────────────────────────────────────
 
 @dataclass
@@ -334,18 +104,15 @@ class Averages:
     total_before: list[float] = field(default_factory=list)
     added: list[float] = field(default_factory=list)  # each student's value added (as the card rounds it)
 
-    def add(self, now: Scores, before: Scores) -> None:
+    def add(self, students: list[tuple[Scores, Scores]]) -> None:
+        """Students' scores (now, a week before)."""
         for i in range(len(DOMAINS)):
-            if now.subtotals[i] is not None:
-                self.now[i].append(now.subtotals[i])
-            if before.subtotals[i] is not None:
-                self.before[i].append(before.subtotals[i])
-        if now.total is not None:
-            self.total_now.append(now.total)
-        if before.total is not None:
-            self.total_before.append(before.total)
-        if now.total is not None and before.total is not None:
-            self.added.append(round(now.total - before.total, 1))
+            self.now[i] += [x for now, _before in students if (x := now.subtotals[i]) is not None]
+            self.before[i] += [x for _now, before in students if (x := before.subtotals[i]) is not None]
+        self.total_now += [now.total for now, _before in students if now.total is not None]
+        self.total_before += [before.total for _now, before in students if before.total is not None]
+        self.added += [round(now.total - before.total, 1) for now, before in students
+                       if now.total is not None and before.total is not None]
 
     def merge(self, other: Averages) -> None:
         for i in range(len(DOMAINS)):
@@ -437,8 +204,22 @@ def _zone():  # noqa: ANN202 - a tzinfo
     return local_zone()
 
 
-def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: date) -> CollegeData:
-    """Compute the digest data for the whole college: a handful of aggregate queries."""
+def compared_with(week: DigestWeek, cal: Calendar) -> tuple[Term, date]:
+    """The semester and day the week's card values are compared with, as the card does: the Sunday
+    before, or in the first week of a semester the end of the previous one."""
+    if week.previous_sunday >= week.term.start:
+        return week.term, week.previous_sunday
+    previous = cal.previous_term(week.term)
+    return previous, previous.end
+
+
+def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: date, *,
+                  persist: bool = False) -> CollegeData:
+    """Compute the digest data for the whole college: a handful of aggregate queries.
+
+    `persist`: keep the card values as of the week's Sunday for next week's digest (the weekly
+    job; the caller commits). Without it nothing is written.
+    """
     week = digest_week(today, cal)
     departments = dict(session.execute(select(Department.id, Department.name)).all())
     sizes = _class_sizes(session)
@@ -447,25 +228,18 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
                                                SchoolClass.department_id))}
     class_of = dict(session.execute(select(Student.id, Student.class_id)).all())
 
-    # Point values at the two cutoffs: one query (two when the week before is in the last semester).
-    same_term = week.previous_sunday >= week.term.start
-    values = student_point_values(session, catalogue, week.term, week.sunday,
-                                  week.previous_sunday if same_term else None, week.monday)
-    if not same_term:
-        prev_term = cal.previous_term(week.term)
-        values.before = student_point_values(session, catalogue, prev_term, prev_term.end, None).now
-    seen = {code for per in (values.now, values.before) for vals in per.values() for code in vals}
-    math = CardMath(catalogue, seen)
-    empty = Scores((None,) * len(DOMAINS), None)
+    # Card scores at the two cutoffs: last week's state and the entries since (models/digest_values.py).
+    values = standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal), _zone(),
+                      persist=persist)
+    members: dict[int, list[int]] = defaultdict(list)
     for sid, class_id in class_of.items():
-        klass = classes.get(class_id)
-        if klass is None:
-            continue
-        now = math.scores(values.now[sid]) if sid in values.now else empty
-        before = math.scores(values.before[sid]) if sid in values.before else empty
-        klass.averages.add(now, before)
+        members[class_id].append(sid)
+    now, before = values.now.get, values.before.get
+    for class_id, sids in members.items():
+        if class_id in classes:
+            classes[class_id].averages.add([(now(sid, EMPTY), before(sid, EMPTY)) for sid in sids])
 
-    recorders = _data_entry(session, catalogue, week, classes, class_of, values)
+    recorders = _data_entry(session, catalogue, week, classes, class_of, values.week_done)
     since = datetime.combine(week.monday, time(0), _zone()).astimezone(UTC)
     until = since + timedelta(days=7)
     from models.risk import rule_book
@@ -483,16 +257,15 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
 
 
 def _data_entry(session: Session, catalogue: Catalogue, week: DigestWeek, classes: dict[int, ClassInfo],
-                class_of: dict[int, int], values: StudentValues) -> dict[int | None, dict[int, RecorderGap]]:
+                class_of: dict[int, int], week_done: dict[str, set[int]]) -> dict[int | None, dict[int, RecorderGap]]:
     """Expected and made recordings of the week per class, and per recorder (as models/expected.py)."""
     points = [p for period in WEEK_PERIODS for p in expected_points(catalogue, period)]
     individual = [p for p in points if not p.is_class]
     for_class = [p for p in points if p.is_class]
     done: Counter = Counter()  # (class id, code) → students with a value in the week
-    wanted = {p.code for p in individual}
-    for (sid, code) in values.week_done:
-        if code in wanted and sid in class_of:
-            done[(class_of[sid], code)] += 1
+    for point in individual:
+        per_class = Counter(map(class_of.get, week_done.get(point.code, ())))
+        done.update({(class_id, point.code): n for class_id, n in per_class.items() if class_id is not None})
     class_done = _recorded_classes(session, [p.code for p in for_class], week.key) if for_class else set()
 
     def made(class_id: int, point: ScorePoint) -> tuple[int, int]:

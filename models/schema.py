@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from sqlalchemy import (
+    DDL,
     Boolean,
     Date,
     DateTime,
@@ -12,9 +13,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -370,3 +373,37 @@ class RiskNotice(Base):
     bundled: Mapped[bool] = mapped_column(Boolean, default=False)
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_message.id"))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DigestState(Base):
+    """The weekly digest's state: every student's point accumulators and card scores as of a finished week.
+
+    Derived from score_entry only (models/digest_values.py says exactly which entries it holds), so it
+    can always be rebuilt; written whole, once per (semester, Sunday): the unique constraint makes a
+    rerun or a concurrent run keep the first one. `data` is one compact binary record because it is
+    only ever read and written whole (132,000 pairs at 15,000 students: one row, not 132,000).
+    """
+
+    __tablename__ = "digest_state"
+    __table_args__ = (UniqueConstraint("semester_key", "cutoff"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    semester_key: Mapped[str] = mapped_column(String(16))
+    cutoff: Mapped[date] = mapped_column(Date)  # the Sunday it is as of
+    max_entry_id: Mapped[int] = mapped_column(Integer)  # every entry up to it is in the state or pending
+    pending: Mapped[str] = mapped_column(Text, default="")  # ids up to max_entry_id not in it, comma-separated
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # before anything was read
+    catalogue: Mapped[str] = mapped_column(String(64))  # fingerprint of the points and formula it was made with
+    pairs: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# PostgreSQL keeps `data` as written (its own compression of 5 MB costs more than writing them).
+event.listen(DigestState.__table__, "after_create",
+             DDL("ALTER TABLE digest_state ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(dialect="postgresql"))
+
+
+# Revoked entries, for the digest to find the few revoked since its state was built; rows are inserted
+# live (NULL), so recording never touches this index.
+Index("ix_score_revoked", ScoreEntry.revoked_at, postgresql_where=ScoreEntry.revoked_at.is_not(None),
+      sqlite_where=ScoreEntry.revoked_at.is_not(None))

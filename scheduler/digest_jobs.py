@@ -4,7 +4,9 @@
 The data is computed once per run for the whole college (models/digest.py) and sliced per
 recipient. Each digest is WeCom markdown within 2048 bytes; a longer one is split into
 numbered parts whose period keys are the ISO week with "-1", "-2" …. A recipient who already
-has any part of the week's digest gets nothing new, so a rerun queues nothing.
+has any part of the week's digest gets nothing new, so a rerun queues nothing. The run also keeps
+the card values as of the week's Sunday (models/digest_values.py), in the same transaction, for
+next week's digest: once per week, whatever reruns (a rerun or a concurrent run keeps the first).
 
 Schedule: WEEKLY_DIGEST_CRON, `[DAYS] HH:MM` in APP_TIMEZONE (default `mon 07:50`: WeCom
 advises against sending on the hour or half hour).
@@ -62,7 +64,7 @@ def weekly_digest(ctx: JobContext) -> str:
             tally.no_account += 1
             continue
         if data is None:
-            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today)
+            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today, persist=True)
             key = data.week.key
             done = already_sent(ctx, key)
         if person.userid in done:
