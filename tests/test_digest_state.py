@@ -84,9 +84,9 @@ class College:
         placed = place(point.period, today, self.cal, previous)
         planned = [PlannedEntry(point, sid, None, str(sid), float(v), placed.occurred_on, placed.period_key,
                                 placed.semester_key) for sid, v in zip(students, values, strict=True)]
-        batch, _entries = record_entries(self.session, recorder.name, recorder.id, planned, text=code)
+        recorded = record_entries(self.session, recorder.name, recorder.id, planned, text=code)
         self.session.commit()
-        return batch.id
+        return recorded.batch_id
 
     def undo(self, recorder: Staff, entries: list[ScoreEntry]) -> None:
         revoke(self.session, recorder.name, recorder.id, entries, None)
