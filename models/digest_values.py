@@ -45,6 +45,7 @@ import hashlib
 import json
 import struct
 import sys
+import threading
 from array import array
 from collections import defaultdict
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ from math import isnan, nan
 
 from sqlalchemy import Select, case, delete, func, literal, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models.card import Entry, point_value
@@ -228,17 +230,28 @@ def decode(data: bytes, state: State) -> State | None:
 
 def load_state(session: Session, catalogue: Catalogue, term: Term, latest: date) -> State | None:
     """The newest usable state of the semester as of `latest` or before (None: none)."""
+    found = state_header(session, catalogue, term, latest)
+    return None if found is None else load_record(session, *found)
+
+
+def state_header(session: Session, catalogue: Catalogue, term: Term, latest: date) -> tuple[State, int] | None:
+    """The newest usable state's header (what its delta is read from) and row id, without its record."""
     row = session.execute(
-        select(DigestState)
+        select(DigestState.id, DigestState.semester_key, DigestState.cutoff, DigestState.max_entry_id,
+               DigestState.pending, DigestState.built_at)
         .where(DigestState.semester_key == term.key, DigestState.cutoff <= latest,
                DigestState.catalogue == fingerprint(catalogue))
-        .order_by(DigestState.cutoff.desc()).limit(1)).scalar_one_or_none()
+        .order_by(DigestState.cutoff.desc()).limit(1)).one_or_none()
     if row is None:
         return None
-    state = State(row.semester_key, row.cutoff, row.max_entry_id,
-                  [int(i) for i in row.pending.split(",") if i], _aware(row.built_at))
-    session.expunge(row)
-    return decode(row.data, state)
+    return State(row.semester_key, row.cutoff, row.max_entry_id, [int(i) for i in row.pending.split(",") if i],
+                 _aware(row.built_at)), row.id
+
+
+def load_record(session: Session, state: State, row_id: int) -> State | None:
+    """Fill a header's state from its record (None: a record of another format)."""
+    data = session.scalar(select(DigestState.data).where(DigestState.id == row_id))
+    return decode(data, state)
 
 
 def save_state(session: Session, catalogue: Catalogue, state: State) -> bool:
@@ -368,12 +381,19 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
     kinds = {p.code: kind_of(p) for p in catalogue.individual()}
     prev_term, prev_day = previous
     same_term = prev_term.key == term.key
-    base = load_state(session, catalogue, term, prev_day) if same_term else None
+    header = state_header(session, catalogue, term, prev_day) if same_term else None
     split = _split_instant(sunday, zone)
     started = utcnow()
     build = persist and started >= split + SETTLE
-    fold = _Fold(session, catalogue, kinds, term, base or State(term.key, term.start),
+    fold = _Fold(session, catalogue, kinds, term, header[0] if header else State(term.key, term.start),
                  sunday, prev_day if same_term else None, split if build else None, monday)
+    base = None
+    if header is not None:
+        fold.prefetch()  # PostgreSQL: the week's delta on a second connection, meanwhile the record
+        base = load_record(session, *header)
+        if base is None:
+            fold = _Fold(session, catalogue, kinds, term, State(term.key, term.start), sunday, prev_day,
+                         split if build else None, monday)
     fold.run()
     if same_term and base is not None:
         # The base's own scores, but for the students whose values before the delta changed.
@@ -420,6 +440,13 @@ class _Fold:
         self.week_done: dict[str, set[int]] = defaultdict(set)
         self.max_entry_id = base.max_entry_id
         self.pending: list[int] = []
+        self._prefetched: _Prefetch | None = None
+
+    def prefetch(self) -> None:
+        """Start reading the delta on a connection of its own (PostgreSQL), so that the database
+        aggregates it while this thread decodes the base's record; `run` then takes its rows."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self._prefetched = _Prefetch(self.session.get_bind(), self._delta_query())
 
     def _in_delta(self):  # noqa: ANN202 - a SQL condition
         e = ScoreEntry
@@ -578,8 +605,8 @@ class _Fold:
                 else:
                     changes[code][sid] = merged
 
-    def _read_delta(self) -> Iterator[tuple]:
-        """The delta aggregated per student, point and (period_mean points) period: one query, streamed.
+    def _delta_query(self) -> Select:
+        """The delta aggregated per student, point and (period_mean points) period: one query.
 
         Per row: the count, total and largest id into the new state (dated by the cutoff and, with a
         split, created before it), dated by the cutoff but created after the split (else zero), and
@@ -605,11 +632,17 @@ class _Fold:
         else:
             columns.append(func.count().filter(dated & (e.occurred_on >= (self.monday or date.max))))
         columns.append(func.min(e.id).filter(~into) if self.split is not None else literal(None))
+        return (select(e.student_id, e.point_code, pk, *columns).where(self._in_delta(), *_live(self.term))
+                .group_by(e.student_id, e.point_code, pk))
+
+    def _read_delta(self) -> Iterator[tuple]:
+        """The delta's rows (see `_delta_query`), from the prefetch if one was started."""
+        if self._prefetched is not None:
+            yield from self._prefetched.rows()
+            return
         # From nothing, every (student, point, period) of the semester is a group: hashed in memory.
         cold = self.base.max_entry_id == 0 and not self.base.pending
-        yield from _stream(self.session, select(e.student_id, e.point_code, pk, *columns)
-                           .where(self._in_delta(), *_live(self.term))
-                           .group_by(e.student_id, e.point_code, pk), "256MB" if cold else None)
+        yield from _stream(self.session, self._delta_query(), "256MB" if cold else None)
 
     def _newest_values(self, waiting: list[tuple]) -> dict[int, float]:
         """The value of each newest entry of a group of two or more, by id."""
@@ -750,6 +783,41 @@ def _patched(sids: array, values: array, index: dict[int, int],
     return sids, values
 
 
+class _Prefetch:
+    """A week's delta read on a connection of its own, on a thread, while the caller goes on.
+
+    Its snapshot is a moment apart from the caller's: harmless here, because what it reads is fixed by
+    the state's header (entries after its max_entry_id, and its pending ones), every entry up to the
+    new state's split committed an hour or more before (SETTLE), and a pair revoked in between is
+    valued again from its entries on the caller's connection.
+    """
+
+    def __init__(self, engine: Engine, query: Select) -> None:
+        compiled = query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+        self._result: list[tuple] | BaseException = []
+        self._thread = threading.Thread(target=self._read, args=(engine, compiled.string, compiled.params),
+                                        name="digest-delta", daemon=True)
+        self._thread.start()
+
+    def _read(self, engine: Engine, sql: str, params: dict) -> None:
+        try:
+            with engine.connect() as conn:
+                dbapi = conn.connection.dbapi_connection
+                with dbapi.cursor(binary=True) as cursor:
+                    for setting in ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'"):
+                        cursor.execute(setting)
+                    cursor.execute(sql, params)
+                    self._result = cursor.fetchall()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in rows()
+            self._result = exc
+
+    def rows(self) -> list[tuple]:
+        self._thread.join()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
 def _stream(session: Session, query: Select, memory: str | None = None) -> Iterator[tuple]:
     """A large query's rows as plain tuples, a chunk at a time (a cold run has a row per period:
     600,000 at 15,000 students). On PostgreSQL straight from a psycopg server-side cursor, planned
@@ -760,11 +828,18 @@ def _stream(session: Session, query: Select, memory: str | None = None) -> Itera
         for chunk in connection.execute(query.execution_options(yield_per=20_000)).partitions():
             yield from chunk
         return
-    session.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
-    if memory:
-        session.execute(text(f"SET LOCAL work_mem = '{memory}'"))
     compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    with connection.connection.dbapi_connection.cursor(name="digest_delta", binary=True) as cursor:
+    dbapi = connection.connection.dbapi_connection
+    if not memory:
+        # A weekly delta (a week of entries, some 100,000 rows): fetched at once, in binary, without
+        # a server-side cursor's FETCH round trips.
+        with dbapi.cursor(binary=True) as cursor:
+            cursor.execute(compiled.string, compiled.params)
+            yield from cursor.fetchall()
+        return
+    session.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
+    session.execute(text(f"SET LOCAL work_mem = '{memory}'"))
+    with dbapi.cursor(name="digest_delta", binary=True) as cursor:
         cursor.itersize = 20_000
         cursor.execute(compiled.string, compiled.params)
         yield from cursor
