@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, aliased
 
 from bot.templating import render
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.digest_values import EMPTY, Scores, standing
+from models.digest_values import EMPTY, Scores, begin_standing
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
 from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import (
@@ -221,6 +221,10 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
     job; the caller commits). Without it nothing is written.
     """
     week = digest_week(today, cal)
+    # Card scores at the two cutoffs: last week's state and the entries since (models/digest_values.py),
+    # the entries read while the queries that do not need them run.
+    finish_standing = begin_standing(session, catalogue, week.term, week.sunday, week.monday,
+                                     compared_with(week, cal), _zone(), persist=persist)
     departments = dict(session.execute(select(Department.id, Department.name)).all())
     sizes = _class_sizes(session)
     classes = {r.id: ClassInfo(r.id, r.code, r.name, r.department_id, sizes.get(r.id, 0))
@@ -228,9 +232,17 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
                                                SchoolClass.department_id))}
     class_of = dict(session.execute(select(Student.id, Student.class_id)).all())
 
-    # Card scores at the two cutoffs: last week's state and the entries since (models/digest_values.py).
-    values = standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal), _zone(),
-                      persist=persist)
+    since = datetime.combine(week.monday, time(0), _zone()).astimezone(UTC)
+    until = since + timedelta(days=7)
+    from models.risk import rule_book
+
+    book = rule_book(catalogue)
+    warnings = _warnings(session, since, until)
+    false_alarms = _false_alarms(session, book, until - timedelta(days=FALSE_ALARM_DAYS), until)
+    overdue_tasks = _overdue_tasks(session, today)
+    entry_facts = _data_entry_facts(session, catalogue, week)
+
+    values = finish_standing()
     members: dict[int, list[int]] = defaultdict(list)
     for sid, class_id in class_of.items():
         members[class_id].append(sid)
@@ -238,35 +250,41 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
     for class_id, sids in members.items():
         if class_id in classes:
             classes[class_id].averages.add([(now(sid, EMPTY), before(sid, EMPTY)) for sid in sids])
-
-    recorders = _data_entry(session, catalogue, week, classes, class_of, values.week_done)
-    since = datetime.combine(week.monday, time(0), _zone()).astimezone(UTC)
-    until = since + timedelta(days=7)
-    from models.risk import rule_book
-
-    book = rule_book(catalogue)
     return CollegeData(
-        week=week, departments=departments, classes=classes, recorders=recorders,
-        warnings=_warnings(session, since, until),
-        false_alarms=_false_alarms(session, book, until - timedelta(days=FALSE_ALARM_DAYS), until),
+        week=week, departments=departments, classes=classes,
+        recorders=_data_entry(entry_facts, week, classes, class_of, values.week_done),
+        warnings=warnings, false_alarms=false_alarms,
         sensitive_categories=frozenset(c.name for c in book.categories.values() if c.sensitive),
-        categories=tuple(book.categories),
-        overdue_tasks=_overdue_tasks(session, today),
-        since=since, until=until,
+        categories=tuple(book.categories), overdue_tasks=overdue_tasks, since=since, until=until,
     )
 
 
-def _data_entry(session: Session, catalogue: Catalogue, week: DigestWeek, classes: dict[int, ClassInfo],
+@dataclass(frozen=True)
+class _EntryFacts:
+    """What the week's data entry needs besides the students' entries."""
+
+    points: list[ScorePoint]  # expected this week
+    class_done: set[tuple[int, str]]  # (class id, code) of the class points recorded
+    scopes: dict[str, dict[int, set[int]]]  # as models.expected.recorder_scopes
+    names: dict[int, str]  # staff id → name
+
+
+def _data_entry_facts(session: Session, catalogue: Catalogue, week: DigestWeek) -> _EntryFacts:
+    points = [p for period in WEEK_PERIODS for p in expected_points(catalogue, period)]
+    for_class = [p.code for p in points if p.is_class]
+    return _EntryFacts(points, _recorded_classes(session, for_class, week.key) if for_class else set(),
+                       recorder_scopes(session), dict(session.execute(select(Staff.id, Staff.name)).all()))
+
+
+def _data_entry(facts: _EntryFacts, week: DigestWeek, classes: dict[int, ClassInfo],
                 class_of: dict[int, int], week_done: dict[str, set[int]]) -> dict[int | None, dict[int, RecorderGap]]:
     """Expected and made recordings of the week per class, and per recorder (as models/expected.py)."""
-    points = [p for period in WEEK_PERIODS for p in expected_points(catalogue, period)]
+    points, class_done = facts.points, facts.class_done
     individual = [p for p in points if not p.is_class]
-    for_class = [p for p in points if p.is_class]
     done: Counter = Counter()  # (class id, code) → students with a value in the week
     for point in individual:
         per_class = Counter(map(class_of.get, week_done.get(point.code, ())))
         done.update({(class_id, point.code): n for class_id, n in per_class.items() if class_id is not None})
-    class_done = _recorded_classes(session, [p.code for p in for_class], week.key) if for_class else set()
 
     def made(class_id: int, point: ScorePoint) -> tuple[int, int]:
         klass = classes[class_id]
@@ -282,8 +300,7 @@ def _data_entry(session: Session, catalogue: Catalogue, week: DigestWeek, classe
             klass.expected += expected
             klass.recorded += recorded
 
-    scopes = recorder_scopes(session)
-    names = dict(session.execute(select(Staff.id, Staff.name)).all())
+    scopes, names = facts.scopes, facts.names
     gaps: dict[int | None, dict[int, RecorderGap]] = defaultdict(dict)
     for staff_id, pairs in _recorder_pairs(points, scopes, classes).items():
         for class_id, point in pairs:

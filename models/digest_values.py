@@ -48,11 +48,12 @@ import sys
 import threading
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from math import isnan, nan
 
+import numpy as np
 from sqlalchemy import Select, case, delete, func, literal, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -308,33 +309,40 @@ class CardMath:
 
     def scores(self, columns: dict[str, tuple[array, array]],
                students: set[int] | None = None) -> dict[int, Scores]:
-        """Every student's scores (or only those of `students`) from (student ids, values) per point."""
+        """Every student's scores (or only those of `students`) from (student ids, values) per point.
+
+        Columnwise with numpy: each element is the same IEEE operation as the card's, in the same
+        order (one addition per point, in catalogue order); rounding is Python's, as the card's.
+        """
+        arrays = {code: (_ints(sids), _floats(values)) for code, (sids, values) in columns.items()}
         if students is not None:
-            columns = {code: _only(sids, values, students) for code, (sids, values) in columns.items()}
-        present: set[int] = set()
-        for sids, _values in columns.values():
-            present.update(sids)
-        if not present:
+            wanted = np.fromiter(students, dtype=np.int64, count=len(students))
+            arrays = {code: (sids[mask], values[mask]) for code, (sids, values) in arrays.items()
+                      for mask in (np.isin(sids, wanted),)}
+        arrays = {code: pair for code, pair in arrays.items() if len(pair[0])}
+        if not arrays:
             return {}
-        size = max(present) + 1
-        weighted = [[0.0] * size for _ in DOMAINS]
-        weights = [[0.0] * size for _ in DOMAINS]
+        present = np.unique(np.concatenate([sids for sids, _values in arrays.values()]))
+        size = int(present[-1]) + 1
+        weighted = np.zeros((len(DOMAINS), size))
+        weights = np.zeros((len(DOMAINS), size))
         for code, d, point, weight in self.points:
-            if code not in columns:
+            if code not in arrays:
                 continue
-            sums, counts, known = weighted[d], weights[d], {}
-            for sid, value in zip(*columns[code], strict=True):
-                points = known.get(value)
-                if points is None:
-                    points = known[value] = point.card_points(value) * weight
-                sums[sid] += points
-                counts[sid] += weight
-        order = sorted(present)
-        per_domain = [[round(sums[sid] / counts[sid], 1) if counts[sid] else None for sid in order]
-                      for sums, counts in zip(weighted, weights, strict=True)]
+            sids, values = arrays[code]
+            distinct, which = np.unique(values, return_inverse=True)
+            points = np.array([point.card_points(v) * weight for v in distinct.tolist()])
+            weighted[d, sids] += points[which]  # a student is once in a column
+            weights[d, sids] += weight
+        sums, counts = weighted[:, present], weights[:, present]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = (sums / counts).tolist()
+        recorded = (counts != 0).tolist()
+        per_domain = [[round(m, 1) if r else None for m, r in zip(ms, rs, strict=True)]
+                      for ms, rs in zip(means, recorded, strict=True)]
         domain_weights = self.domain_weights
         out = {}
-        for sid, subtotals in zip(order, zip(*per_domain, strict=True), strict=True):
+        for sid, subtotals in zip(present.tolist(), zip(*per_domain, strict=True), strict=True):
             # sum() over the present domains, as models.card._total adds them (from 0, in order)
             num = denom = 0
             for s, w in zip(subtotals, domain_weights, strict=True):
@@ -343,6 +351,14 @@ class CardMath:
                     denom += w
             out[sid] = Scores(subtotals, round(num / denom, 1) if denom else None)
         return out
+
+
+def _ints(a: array | np.ndarray) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.frombuffer(a, dtype=np.intc) if len(a) else np.zeros(0, np.intc)
+
+
+def _floats(a: array | np.ndarray) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0)
 
 
 # ── the values at the two cutoffs ────────────────────────────────────────────
@@ -376,6 +392,15 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
              previous: tuple[Term, date], zone, *, persist: bool) -> Standing:  # noqa: ANN001 - a tzinfo
     """Card scores as of `sunday` and as of `previous` (its term and day: the Sunday before, or the
     end of the previous semester), merged from the newest state; a new state too when `persist`."""
+    return begin_standing(session, catalogue, term, sunday, monday, previous, zone, persist=persist)()
+
+
+def begin_standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, monday: date,
+                   previous: tuple[Term, date], zone, *,  # noqa: ANN001 - a tzinfo
+                   persist: bool) -> Callable[[], Standing]:
+    """`standing` in two steps: this finds the state and (PostgreSQL) starts reading the week's delta
+    on a connection of its own; the function it returns does the rest. In between the caller may
+    use the session for its other queries while the database aggregates the delta."""
     tune_for_aggregates(session)
     math = CardMath(catalogue)
     kinds = {p.code: kind_of(p) for p in catalogue.individual()}
@@ -394,6 +419,16 @@ def standing(session: Session, catalogue: Catalogue, term: Term, sunday: date, m
         if base is None:
             fold = _Fold(session, catalogue, kinds, term, State(term.key, term.start), sunday, prev_day,
                          split if build else None, monday)
+    return lambda: _finish(session, math, kinds, term, sunday, previous, base, fold, started, build)
+
+
+def _finish(session: Session, math: CardMath, kinds: dict[str, str], term: Term, sunday: date,
+            previous: tuple[Term, date], base: State | None, fold: _Fold, started: datetime,
+            build: bool) -> Standing:
+    """The rest of `standing` (see begin_standing)."""
+    catalogue = fold.catalogue
+    prev_term, prev_day = previous
+    same_term = prev_term.key == term.key
     fold.run()
     if same_term and base is not None:
         # The base's own scores, but for the students whose values before the delta changed.
@@ -733,12 +768,6 @@ class _Fold:
         if col is None:
             col = self.base.columns[code] = Column()
         return col
-
-
-def _only(sids: array, values: array, students: set[int]) -> tuple[array, array]:
-    """The (student id, value) pairs of `students`."""
-    kept = [(sid, value) for sid, value in zip(sids, values, strict=True) if sid in students]
-    return array("i", [sid for sid, _v in kept]), array("d", [v for _s, v in kept])
 
 
 def _fold(partial: dict, kind: str, pair: tuple[int, str], key: str, n: int, value: float, last: int) -> None:
