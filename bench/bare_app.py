@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from collections.abc import Callable
 
+import psycopg
 import xmltodict
 from flask import Flask, Response, request
 from wechatpy.enterprise.crypto import WeChatCrypto
@@ -24,8 +27,9 @@ def _cdata(value: str) -> str:
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
-def create_bare_app() -> Flask:
-    """A Flask app with /healthz and an echoing POST /wechat/wecom."""
+def create_bare_app(keep: Callable[[dict], None] | None = None) -> Flask:
+    """A Flask app with /healthz and an echoing POST /wechat/wecom (`keep`: called with each
+    decrypted message before the reply)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     corp_id = os.environ["WECOM_CORP_ID"]
@@ -50,9 +54,33 @@ def create_bare_app() -> Flask:
             return Response("invalid signature", 403)
         except Exception:  # noqa: BLE001 - a baseline: anything malformed is a 400
             return Response("bad request", 400)
+        if keep is not None:
+            keep(msg)
         xml = (f"<xml><ToUserName>{_cdata(msg['FromUserName'])}</ToUserName>"
                f"<FromUserName>{_cdata(corp_id)}</FromUserName><CreateTime>{int(time.time())}</CreateTime>"
                f"<MsgType><![CDATA[text]]></MsgType><Content>{_cdata(msg.get('Content') or '')}</Content></xml>")
         return Response(crypto.encrypt_message(xml, args["nonce"], args["timestamp"]), mimetype="application/xml")
 
     return app
+
+
+
+def create_floor_app() -> Flask:
+    """The bare endpoint plus one durable write per message: its MsgId into a one-column table,
+    committed (autocommit, PostgreSQL's default synchronous commit) before the reply.
+
+    A reference, not a target: what any service that keeps a record of each message before it
+    answers spends on top of the protocol, on the same machine. `DATABASE_URL` is our psycopg URL.
+    """
+    dsn = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (msg_id text PRIMARY KEY)")
+    local = threading.local()
+
+    def keep(msg: dict) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = psycopg.connect(dsn, autocommit=True)
+        conn.execute("INSERT INTO bench_floor VALUES (%s) ON CONFLICT DO NOTHING", (msg.get("MsgId"),))
+
+    return create_bare_app(keep)

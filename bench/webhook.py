@@ -6,8 +6,9 @@ Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
 1. creates a fresh database (`czk_bench`), migrates it with `python -m bot db upgrade`
    and loads a roster of many senders (200 班主任, each with a class of 40 students);
 2. flushes one Redis db index (13 unless BENCH_REDIS_DB says otherwise);
-3. starts our service (`gunicorn -w 2 'bot:create_app()'`) and the bare endpoint
-   (`gunicorn -w 2 'bench.bare_app:create_bare_app()'`) on loopback ports;
+3. starts our service (`gunicorn -w 2 'bot:create_app()'`), the bare endpoint
+   (`gunicorn -w 2 'bench.bare_app:create_bare_app()'`) and, as a reference, the bare endpoint
+   plus one durable INSERT per message (`create_floor_app()`, closed loop only) on loopback ports;
 4. phase 1, closed loop: N concurrent senders post encrypted recordings
    ("全勤率 <学生> <值>", each a distinct MsgId) as fast as answers come back;
    phase 2, open loop: a fixed offered rate with scheduled send times, latency
@@ -487,6 +488,9 @@ def main() -> int:
         servers.append(ours)
         bare = Server("bare", "bench.bare_app:create_bare_app()", env, logdir, args.workers)
         servers.append(bare)
+        # A reference for the ratio: the bare endpoint plus one durable INSERT per message.
+        floor = Server("floor", "bench.bare_app:create_floor_app()", env, logdir, args.workers)
+        servers.append(floor)
         for s in servers:
             s.wait_ready()
 
@@ -514,12 +518,12 @@ def main() -> int:
         print(f"phase 2: open loop, {args.rate:g} msgs/s offered for {args.open_duration:g} s per server",
               flush=True)
         opened = {}
-        for s in servers:
+        for s in (ours, bare):
             opened[s.name] = open_loop(s, traffic, args.rate, args.open_duration)
 
         print("\nresults (latency from send, or from the scheduled time in the open loop):")
         for phase in (closed, opened):
-            for name in ("ours", "bare"):
+            for name in phase:
                 r = phase[name]
                 errors = bad_replies(r, name == "ours")
                 results.append((r, errors))
@@ -529,9 +533,12 @@ def main() -> int:
         ratio = throughput(closed["ours"]) / throughput(closed["bare"]) if throughput(closed["bare"]) else 0.0
         ours_closed_max = max((s.latency for s in closed["ours"].samples), default=math.inf)
         ours_open_p99 = percentile(opened["ours"].latencies(), 0.99)
+        floor_ratio = throughput(closed["floor"]) / throughput(closed["bare"]) if throughput(closed["bare"]) else 0.0
         print(f"\n  throughput ratio ours/bare (closed loop): {ratio:.2f}")
+        print(f"  for reference, bare + one durable INSERT per message (floor): {floor_ratio:.2f} × bare; "
+              f"ours = {ratio / floor_ratio if floor_ratio else 0.0:.2f} × floor")
         print(f"  worker CPU per message (closed loop; steadier than msgs/s on a shared machine): "
-              f"ours {cpu_ms['ours']:.2f} ms, bare {cpu_ms['bare']:.2f} ms, "
+              f"ours {cpu_ms['ours']:.2f} ms, bare {cpu_ms['bare']:.2f} ms, floor {cpu_ms['floor']:.2f} ms, "
               f"ratio bare/ours {cpu_ms['bare'] / cpu_ms['ours']:.2f}")
         print(f"  open loop: latest send start behind schedule: ours {opened['ours'].late_starts * 1000:.1f} ms, "
               f"bare {opened['bare'].late_starts * 1000:.1f} ms")

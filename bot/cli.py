@@ -14,8 +14,26 @@ from bot.config import ROOT
 from bot.service import Service
 
 
-def _service() -> Service:
-    return current_app.extensions["czk"]
+def cli_service() -> Service:
+    """The app's service, once the schema is known to be current (else a clear message, exit 2)."""
+    service = current_app.extensions["czk"]
+    require_schema(service)
+    return service
+
+
+def require_schema(service: Service) -> None:
+    """Exit with what to do when the database has not been migrated to the newest revision."""
+    if getattr(service, "schema_checked", False):
+        return
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with service.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current != set(ScriptDirectory.from_config(alembic_config(str(service.engine.url))).get_heads()):
+        click.echo("数据库还没有建好或版本落后：请先运行 python -m bot db upgrade", err=True)
+        sys.exit(2)
+    service.schema_checked = True
 
 
 def alembic_config(url: str):  # noqa: ANN201
@@ -37,7 +55,7 @@ def upgrade_database(url: str) -> None:
 
 def run_import(importer, error_type: type[Exception], what: str) -> None:  # noqa: ANN001
     """Run an all-or-nothing import in one transaction: commit and print its summary, or list every error."""
-    service = _service()
+    service = cli_service()
     with service.sessions() as session:
         try:
             report = importer(session)
@@ -63,7 +81,7 @@ def register_cli(app: Flask) -> None:
     @db.command("upgrade")
     def db_upgrade() -> None:
         """Create or migrate the schema (Alembic)."""
-        upgrade_database(_service().settings.database_url)
+        upgrade_database(current_app.extensions["czk"].settings.database_url)  # no schema check: it makes one
         click.echo("数据库已是最新结构。")
 
     @app.cli.group("roster")
@@ -110,7 +128,7 @@ def register_cli(app: Flask) -> None:
         from models.demo import load_demo
         from models.schema import Student
 
-        service = _service()
+        service = cli_service()
         with service.sessions() as session:
             if skip_if_loaded and session.scalar(select(Student.id).limit(1)) is not None:
                 click.echo("数据库里已有学生，跳过演示数据。")
@@ -129,14 +147,14 @@ def register_cli(app: Flask) -> None:
         """The console channel: the same conversation in a terminal."""
         from bot.console import run_console
 
-        sys.exit(run_console(_service(), userid))
+        sys.exit(run_console(cli_service(), userid))
 
     @app.cli.command("scheduler")
     def scheduler_command() -> None:
         """The scheduler process: exactly one is active, others wait as standbys."""
         from scheduler.runner import run_scheduler
 
-        run_scheduler(_service())
+        run_scheduler(cli_service())
 
     @app.cli.group("jobs")
     def jobs() -> None:
@@ -148,7 +166,7 @@ def register_cli(app: Flask) -> None:
         from scheduler.registry import JOBS
         from scheduler.runner import last_runs
 
-        runs = last_runs(_service())
+        runs = last_runs(cli_service())
         for name, job in sorted(JOBS.items()):
             run = runs.get(name)
             last = (f"{run.as_of:%Y-%m-%d %H:%M} {run.status}: {run.result or ''}" if run else "never run")
@@ -168,7 +186,7 @@ def register_cli(app: Flask) -> None:
         from scheduler.registry import JOBS
         from scheduler.runner import run_job
 
-        service = _service()
+        service = cli_service()
         if name not in JOBS:
             click.echo(f"没有名为 {name} 的任务。可用：{', '.join(sorted(JOBS))}", err=True)
             sys.exit(2)
@@ -194,7 +212,7 @@ def register_cli(app: Flask) -> None:
         """Deliver pending outbound messages now (printed when WeCom is not configured)."""
         from scheduler.delivery import make_deliverer
 
-        report = make_deliverer(_service(), out=sys.stdout).flush()
+        report = make_deliverer(cli_service(), out=sys.stdout).flush()
         click.echo(report.summary())
 
     @outbox.command("failed")
@@ -204,7 +222,7 @@ def register_cli(app: Flask) -> None:
 
         from models.schema import OutboxMessage
 
-        with _service().sessions() as session:
+        with cli_service().sessions() as session:
             rows = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")
                                    .order_by(OutboxMessage.id)).all()
         for r in rows:
@@ -216,4 +234,5 @@ def register_cli(app: Flask) -> None:
     @click.option("--port", default=8000, type=int)
     def serve(host: str, port: int) -> None:
         """Development server (production: gunicorn 'bot:create_app()')."""
+        cli_service()  # the schema must be current
         current_app.run(host=host, port=port, use_reloader=False)

@@ -6,7 +6,13 @@ import sys
 from pathlib import Path
 
 import click
-from flask import Flask, current_app
+from flask import Flask
+
+
+def cli_service():  # noqa: ANN201 - bot.cli imports this module
+    from bot.cli import cli_service as service
+
+    return service()
 
 
 def register_report_cli(app: Flask) -> None:
@@ -24,7 +30,7 @@ def register_report_cli(app: Flask) -> None:
         from models.authz import load_actor
         from models.excel import ScoreImportError, import_scores
 
-        service = current_app.extensions["czk"]
+        service = cli_service()
         with service.sessions() as session:
             actor = load_actor(session, userid)
             if actor is None or not actor.is_staff:
@@ -62,7 +68,7 @@ def register_report_cli(app: Flask) -> None:
         if bool(class_code) == bool(department):
             click.echo("请给出 --class 班级编号 或 --department 系部名称（二选一）。", err=True)
             sys.exit(2)
-        service = current_app.extensions["czk"]
+        service = cli_service()
         with service.sessions() as session:
             classes = _classes(session, class_code, department)
             wb = cards_workbook(session, service.catalogue, classes, service.today(), sensitive=with_sensitive)
@@ -77,7 +83,7 @@ def register_report_cli(app: Flask) -> None:
         """A class's 学生学业情况分析报告: summary sheet and card sheet."""
         from models.excel import report_workbook
 
-        service = current_app.extensions["czk"]
+        service = cli_service()
         with service.sessions() as session:
             (klass,) = _classes(session, class_code, None)
             report_workbook(session, service.catalogue, klass, service.today(), sensitive=with_sensitive).save(out)

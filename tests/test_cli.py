@@ -56,3 +56,11 @@ def test_unknown_console_user_is_told_how_to_bind(tmp_path):
     run_bot(["db", "upgrade"], url)
     chat = run_bot(["chat", "--as", "nobody"], url, stdin="储值卡\n")
     assert chat.returncode == 0 and "绑定" in chat.stdout
+
+
+def test_a_command_before_db_upgrade_says_what_to_do(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (["jobs", "list"], ["chat", "--as", "wangfang"]):
+        done = run_bot(args, url, stdin="储值卡\n")
+        assert done.returncode == 2, done.stderr
+        assert "python -m bot db upgrade" in done.stderr and "Traceback" not in done.stderr
