@@ -22,15 +22,16 @@ def cli_service() -> Service:
 
 
 def require_schema(service: Service) -> None:
-    """Exit with what to do when the database has not been migrated to the newest revision."""
+    """Exit with what to do when tables of the models are missing (`db upgrade` not run, or a
+    migration that adds tables not yet applied)."""
     if getattr(service, "schema_checked", False):
         return
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect
 
-    with service.engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-    if current != set(ScriptDirectory.from_config(alembic_config(str(service.engine.url))).get_heads()):
+    from models.db import Base
+
+    missing = set(Base.metadata.tables) - set(inspect(service.engine).get_table_names())
+    if missing:
         click.echo("数据库还没有建好或版本落后：请先运行 python -m bot db upgrade", err=True)
         sys.exit(2)
     service.schema_checked = True
