@@ -25,14 +25,18 @@ not be exact the (student, point) pair is valued from all its entries by models.
 the card's own code: an entry of P revoked since P was built (revoked_at ≥ built_at − 1 h:
 revoked_at is set before the commit; valuing too many pairs this way is harmless), or a delta
 entry of a period P already has (a replacement, a late entry) or an earlier one. Without a state
-(the first week of a semester, a changed catalogue, a lost state) the same merge starts from
-nothing: every entry is the delta.
+(the first week of a semester: a week of entries; a changed catalogue or a lost state: the whole
+semester, about ten times the weekly run at 15,000 students) the same merge starts from nothing:
+every entry is the delta.
 
 The card formula then runs point by point over every student at once (CardMath), with the float
 operations of models/card.py in the same order, so the scores are those of the cards: for every
 student as of S, and as of S − 7 only for those the delta changed there (the others keep P's).
 
-Only the weekly job persists a state (`persist`); 本周概况 reads the newest one and writes none.
+In the first week of a semester the values before are those at the end of the previous semester:
+merged the same way from that semester's last state, which is kept (with the newest of the current
+semester and the one a week older). Only the weekly job persists a state (`persist`); 本周概况 reads
+the newest one and writes none.
 Sums are of floats, in SQL and Python, as the from-scratch sums were: values whose sums are exact
 in binary floating point (integers, halves, quarters: what rates, scores and counts carry) give
 the same point values whatever the path; others may differ in the last bit, as the SQL sums
@@ -276,8 +280,16 @@ def save_state(session: Session, catalogue: Catalogue, state: State) -> bool:
         .returning(DigestState.id))
     if written is None:
         return False
-    # The state a week older stays for 本周概况 later this week (it needs the week before too).
-    session.execute(delete(DigestState).where(DigestState.cutoff < state.cutoff - timedelta(days=7)))
+    # The state a week older stays for 本周概况 later this week (it needs the week before too); of
+    # the semesters before, the newest state stays: the first weeks of a semester compare with the
+    # end of the one before, merged from it.
+    session.execute(delete(DigestState).where(DigestState.semester_key == state.semester_key,
+                                              DigestState.cutoff < state.cutoff - timedelta(days=7)))
+    earlier = DigestState.__table__.alias("earlier")
+    session.execute(delete(DigestState).where(
+        DigestState.semester_key != state.semester_key,
+        select(earlier.c.id).where(earlier.c.semester_key != state.semester_key,
+                                   earlier.c.cutoff > DigestState.cutoff).exists()))
     return True
 
 
@@ -371,6 +383,7 @@ class Standing:
     before: dict[int, Scores]
     week_done: dict[str, set[int]]  # point code → students with an entry dated in the week
     from_state: date | None = None  # the cutoff of the state the values were merged from
+    before_from_state: date | None = None  # the same for the values before, when of another semester
 
 
 def _live(term: Term):  # noqa: ANN202 - SQL conditions
@@ -429,6 +442,7 @@ def _finish(session: Session, math: CardMath, kinds: dict[str, str], term: Term,
     catalogue = fold.catalogue
     prev_term, prev_day = previous
     same_term = prev_term.key == term.key
+    last = None
     fold.run()
     if same_term and base is not None:
         # The base's own scores, but for the students whose values before the delta changed.
@@ -437,8 +451,10 @@ def _finish(session: Session, math: CardMath, kinds: dict[str, str], term: Term,
         before.update(math.scores(fold.before_values(), changed))
     elif same_term:
         before = math.scores(fold.before_values())
-    else:  # the first week of a semester: against the end of the previous one, from its entries
-        earlier = _Fold(session, catalogue, kinds, prev_term, State(prev_term.key, prev_term.start),
+    else:  # the first week of a semester: against the end of the previous one, from its last state
+        found = state_header(session, catalogue, prev_term, prev_day)
+        last = load_record(session, *found) if found else None
+        earlier = _Fold(session, catalogue, kinds, prev_term, last or State(prev_term.key, prev_term.start),
                         prev_day, None, None, None)
         earlier.run()
         earlier.apply()
@@ -452,7 +468,7 @@ def _finish(session: Session, math: CardMath, kinds: dict[str, str], term: Term,
         scores.update(math.scores({c: (col.sid, col.value) for c, col in fold.base.columns.items()}, late))
         state = State(term.key, sunday, fold.max_entry_id, fold.pending, started, fold.base.columns, scores)
         save_state(session, catalogue, state)
-    return Standing(now, before, fold.week_done, base.cutoff if base else None)
+    return Standing(now, before, fold.week_done, base.cutoff if base else None, last.cutoff if last else None)
 
 
 class _Fold:

@@ -231,17 +231,31 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
     # Before any state: 本周概况 computes from scratch and writes none.
     assert "储值卡周报" in say(make_service(db_url, monday + timedelta(days=2), redis_url), "wujun", "本周概况")
     assert state_rows(session) == []
+    kept = []  # of the semester before
+    if start == SPRING:
+        # The autumn's last digest (Monday 26 January) leaves its state: spring's first digest
+        # compares with the end of autumn merged from it, and it stays while spring's come and go.
+        autumn_monday = date(2026, 1, 26)
+        college.clock.set(autumn_monday, 7, 50)
+        run_digest(db_url, redis_url, autumn_monday)
+        kept = [autumn_monday - timedelta(days=1)]
+        assert [r.cutoff for r in state_rows(session)] == kept
+        # After it, autumn's last 学期学分绩 for a few students: the end of autumn includes them.
+        first = college.classes[0]
+        college.clock.set(autumn_monday + timedelta(days=1), 10)
+        college.record(college.head[first.id], "A09", college.roll[first.id][:4], [55, 65, 75, 85],
+                       college.clock.at.date())
     merged_weeks = 0
     for w in range(weeks):
         week = digest_week(monday, cal)
         if w == 0:  # just after midnight the last entries of Sunday may still be committing: no state yet
             college.clock.set(monday, 0, 10)
             run_digest(db_url, redis_url, monday, time(0, 10))
-            assert state_rows(session) == []
+            assert [r.cutoff for r in state_rows(session)] == kept
         college.clock.set(monday, 7, 50)
         run_digest(db_url, redis_url, monday)
         rows = state_rows(session)
-        assert [r.cutoff for r in rows] == ([week.previous_sunday] if w else []) + [week.sunday]
+        assert [r.cutoff for r in rows] == kept + ([week.previous_sunday] if w else []) + [week.sunday]
         # A rerun queues nothing and leaves the state as it was.
         college.clock.set(monday, 9, 5)
         sent = session.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.purpose == PURPOSE))
@@ -283,6 +297,7 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
                                _zone(), persist=False)
         merged_weeks += standing.from_state is not None
         assert standing.from_state == (week.previous_sunday if w else None)
+        assert standing.before_from_state == (kept[0] if kept and w == 0 else None)
 
         # Every student's scores are the card's, now and a week before.
         for sid in session.scalars(select(Student.id)):
