@@ -567,8 +567,8 @@ def measure(url: str, args: argparse.Namespace) -> None:
 
         n_people = len(digest.recipients(session))
         cold_s, messages = best_of(forget, repeat=1)  # long, and only for reference: once
-        print(f"cold digest, no state at week 18 (a changed catalogue, a new installation; for reference, one run): {cold_s:.3f} s = "
-              f"{cold_s / raw_digest:.2f} × raw (peak RSS so far {rss_mb():.0f} MB)")
+        print(f"cold digest, no state at week 18 (a changed catalogue, a new installation; for reference, "
+              f"one run): {cold_s:.3f} s = {cold_s / raw_digest:.2f} × raw (peak RSS so far {rss_mb():.0f} MB)")
         forget()
         start = time.perf_counter()
         all_digests(monday - timedelta(days=7))

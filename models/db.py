@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from sqlalchemy import ARRAY, ColumnElement, Integer, any_, create_engine, event, literal, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -38,6 +38,19 @@ def make_engine(url: str) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def savepoint(session: Session) -> SessionTransaction:
+    """`session.begin_nested()`, also inside the session's transaction on SQLite.
+
+    pysqlite opens its transaction only before a data-changing statement: a SAVEPOINT issued first
+    starts one of its own, and releasing it commits, so the savepoint's writes would outlive a
+    rollback of the session. Begin the transaction first there."""
+    if session.get_bind().dialect.name == "sqlite":
+        connection = session.connection()
+        if not connection.connection.dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN")
+    return session.begin_nested()
 
 
 def in_ids(session: Session, column: ColumnElement, ids: Iterable[int]) -> ColumnElement[bool]:

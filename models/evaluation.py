@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from models import risk
 from models.catalogue import Catalogue
+from models.db import savepoint
 from models.schema import RiskEvaluationQueue, ScoreEntry
 from models.scores import PlannedEntry, load_calendar
 
@@ -96,7 +97,7 @@ def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: 
             if not taken:
                 return done
             try:
-                with session.begin_nested():
+                with savepoint(session):
                     outcome = risk.evaluate_entries(session, catalogue, load_calendar(session), entries, now, today)
             except Exception:  # noqa: BLE001 - the daily scan evaluates the same rules again
                 log.exception("early-warning check of %d recordings failed; the daily scan will catch up", taken)

@@ -44,6 +44,7 @@ from bot.config import ROOT
 from bot.templating import render
 from models.card import Card, Entry
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
+from models.db import savepoint
 from models.excel import card_from_entries, load_entries
 from models.outbox import enqueue, idem_key
 from models.periods import Calendar, Term, week_bounds, week_key
@@ -232,7 +233,7 @@ def _queue(ctx: JobContext, key: str, messages: list[tuple[str, str]]) -> int:
         rows = [dict(recipient=r, channel="wecom", purpose=PURPOSE, period_key=key, idem_key=idem_key(r, PURPOSE, key),
                      msgtype="text", body=b, status="pending", attempts=0, created_at=utcnow()) for r, b in chunk]
         try:
-            with ctx.session.begin_nested():
+            with savepoint(ctx.session):
                 ctx.session.execute(insert(OutboxMessage), rows)
             queued += len(rows)
         except IntegrityError:

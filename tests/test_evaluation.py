@@ -16,9 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.config import load_settings
 from bot.service import Service
+from models.db import make_sessionmaker, savepoint
 from models.periods import place
 from models.schema import (
     AuditLog,
+    Department,
     OutboxMessage,
     ProcessedMessage,
     RecordingBatch,
@@ -152,3 +154,20 @@ def test_a_connection_the_server_dropped_costs_nothing(pg_service, session):
     session.get_bind().dispose()  # the test's own pooled connections died too
     assert "已记录 1 条" in say(pg_service, "wangfang", "全勤率 李四 90")
     assert count(session, ScoreEntry) == 2 and count(session, ProcessedMessage) == 2
+
+
+def test_a_savepoint_opening_the_transaction_is_undone_with_it(clean_db):
+    """A job's savepoint may be its transaction's first statement: its writes must still go with a
+    rollback of the whole (pysqlite, left alone, commits them when the savepoint is released)."""
+    maker = make_sessionmaker(clean_db)
+    with maker() as session:
+        with savepoint(session):
+            session.add(Department(name="临时系"))
+        session.rollback()
+    with maker() as session:
+        assert session.scalar(select(func.count()).select_from(Department)) == 0
+        with savepoint(session):
+            session.add(Department(name="保留系"))
+        session.commit()
+    with maker() as session:
+        assert session.scalars(select(Department.name)).all() == ["保留系"]
