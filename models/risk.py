@@ -589,13 +589,16 @@ class Finding:
 
 
 def describe(point: ScorePoint, measure: str, agg: Aggregate, window: str) -> Evidence:
-    """Evidence text for a point's measure: 全勤率 近4周 85%（3周均值，至11-14）."""
+    """Evidence text for a point's measure: 全勤率 近4周 85%（3次记录均值，至11-14）.
+
+    Weekly and monthly values are counted as records, not weeks: a 28-day window ending on a
+    Tuesday holds five weekly values (this week's too), and "近4周 … 5周均值" read as a mistake."""
     value = agg.measure(measure)
     assert value is not None
     last = f"{agg.last_on:%m-%d}" if agg.last_on else "—"
     shown = point.display_value(value)
     if measure == "mean":
-        unit = "次课" if point.is_observation else ("周" if UNIT_OF_PERIOD[point.period] == "week" else "个月")
+        unit = "次课" if point.is_observation else "次记录"
         text = f"{point.short} {window_label(window)} {shown}（{agg.n}{unit}均值，至{last}）"
     elif measure == "sum":
         text = f"{point.short} {window_label(window)} {shown}（最近 {last}）"

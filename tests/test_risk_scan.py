@@ -90,6 +90,8 @@ def test_one_scan_of_many_students_writes_what_evaluating_each_alone_writes(big_
     singles = [m for m in at_once["outbox"] if m[0] == "wangfang" and m[1] == "warning"]
     [bundle] = [m for m in at_once["outbox"] if m[0] == "wangfang" and m[1] == "warning_bundle"]
     assert len(singles) == 10 and all("全勤率 近4周" in body and "处理 #" in body for *_k, body in singles)
+    # Weekly values are counted as records ("近4周 … 5周均值" read as a mistake).
+    assert all(re.search(r"全勤率 近4周 \d+(\.\d)?%（\d次记录均值，至\d\d-\d\d）", body) for *_k, body in singles)
     assert bundle[2] == "2025-W47" and bundle[3].startswith("本周发给你的预警已超过 10 条")
     assert bundle[3].count("【学业·预警】") + int(re.search(r"另有 (\d+) 条", bundle[3] + "另有 0 条")[1]) == 22
     assert {(w[0], w[2]) for w in at_once["warnings"]} == {(n, "预警") for n in big_class}
