@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from sqlalchemy import ARRAY, ColumnElement, Integer, any_, create_engine, event, literal, text
+from sqlalchemy import ARRAY, ColumnElement, Integer, Select, any_, create_engine, event, literal, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
@@ -52,6 +52,32 @@ def savepoint(session: Session) -> SessionTransaction:
         if not connection.connection.dbapi_connection.in_transaction:
             connection.exec_driver_sql("BEGIN")
     return session.begin_nested()
+
+
+def plain_rows(session: Session, query: Select, work_mem: str | None = None) -> Iterator[tuple]:
+    """A large query's rows as plain tuples, for aggregates of 100,000s of rows (SQLAlchemy's Row
+    objects, fetched one by one, cost more than the query). On PostgreSQL from a psycopg binary
+    cursor: all at once, without a server-side cursor's FETCH round trips; given `work_mem` (a
+    from-scratch digest: 600,000 rows at 15,000 students), from a server-side cursor planned for all
+    its rows, 20,000 at a time. Elsewhere a chunk at a time through SQLAlchemy."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        for chunk in connection.execute(query.execution_options(yield_per=20_000)).partitions():
+            yield from chunk
+        return
+    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    dbapi = connection.connection.dbapi_connection
+    if not work_mem:
+        with dbapi.cursor(binary=True) as cursor:
+            cursor.execute(compiled.string, compiled.params)
+            yield from cursor.fetchall()
+        return
+    session.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
+    session.execute(text(f"SET LOCAL work_mem = '{work_mem}'"))
+    with dbapi.cursor(name="plain_rows", binary=True) as cursor:
+        cursor.itersize = 20_000
+        cursor.execute(compiled.string, compiled.params)
+        yield from cursor
 
 
 def in_ids(session: Session, column: ColumnElement, ids: Iterable[int]) -> ColumnElement[bool]:

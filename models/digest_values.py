@@ -58,14 +58,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from math import isnan, nan
 
 import numpy as np
-from sqlalchemy import Select, case, delete, func, literal, or_, select, text
+from sqlalchemy import Select, case, delete, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models.card import Entry, point_value
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.db import tune_for_aggregates
+from models.db import plain_rows, tune_for_aggregates
 from models.periods import UNIT_OF_PERIOD, Term
 from models.schema import DigestState, ScoreEntry, utcnow
 
@@ -693,7 +693,7 @@ class _Fold:
             return
         # From nothing, every (student, point, period) of the semester is a group: hashed in memory.
         cold = self.base.max_entry_id == 0 and not self.base.pending
-        yield from _stream(self.session, self._delta_query(), "256MB" if cold else None)
+        yield from plain_rows(self.session, self._delta_query(), "256MB" if cold else None)
 
     def _newest_values(self, waiting: list[tuple]) -> dict[int, float]:
         """The value of each newest entry of a group of two or more, by id."""
@@ -861,33 +861,6 @@ class _Prefetch:
         if isinstance(self._result, BaseException):
             raise self._result
         return self._result
-
-
-def _stream(session: Session, query: Select, memory: str | None = None) -> Iterator[tuple]:
-    """A large query's rows as plain tuples, a chunk at a time (a cold run has a row per period:
-    600,000 at 15,000 students). On PostgreSQL straight from a psycopg server-side cursor, planned
-    for all its rows (SQLAlchemy's Row objects would cost more than the query), with `memory` as
-    work_mem if given."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        for chunk in connection.execute(query.execution_options(yield_per=20_000)).partitions():
-            yield from chunk
-        return
-    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    dbapi = connection.connection.dbapi_connection
-    if not memory:
-        # A weekly delta (a week of entries, some 100,000 rows): fetched at once, in binary, without
-        # a server-side cursor's FETCH round trips.
-        with dbapi.cursor(binary=True) as cursor:
-            cursor.execute(compiled.string, compiled.params)
-            yield from cursor.fetchall()
-        return
-    session.execute(text("SET LOCAL cursor_tuple_fraction = 1"))
-    session.execute(text(f"SET LOCAL work_mem = '{memory}'"))
-    with dbapi.cursor(name="digest_delta", binary=True) as cursor:
-        cursor.itersize = 20_000
-        cursor.execute(compiled.string, compiled.params)
-        yield from cursor
 
 
 def _merge(kind: str, base: Acc | None, n: int, total: float, last: int, low: str, high: str) -> Acc | bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 
-from sqlalchemy import ARRAY, Row, bindparam, func, select
+from sqlalchemy import JSON, Row, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -54,8 +56,10 @@ def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_co
 
     With `skip_conflicts`, a row that meets a unique key (`conflict_columns`, or any) is left
     out: ON CONFLICT DO NOTHING decides, even against a concurrent twin, without a savepoint.
-    On PostgreSQL the rows travel as one array per column, unnested: no placeholder per value
-    to render and parse. Elsewhere they are a multi-row INSERT (SQLAlchemy batches them).
+    On PostgreSQL the rows travel as one JSON document, read back with the table's own row type
+    (`json_populate_recordset`): one parameter, no placeholder per value to render and parse, and
+    json.dumps rather than psycopg's per-element array dumping (a third of a first risk scan's
+    writing time). Elsewhere they are a multi-row INSERT (SQLAlchemy batches them).
     """
     if not rows:
         return []
@@ -63,8 +67,10 @@ def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_co
     columns = list(rows[0])
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
-        arrays = [bindparam(f"rows_{c}", [r[c] for r in rows], type_=ARRAY(table.c[c].type)) for c in columns]
-        unnested = func.unnest(*arrays).table_valued(*columns, with_ordinality="ordinality").render_derived()
+        doc = json.dumps([{c: r[c] for c in columns} for r in rows], ensure_ascii=False, default=_iso)
+        typed = func.json_populate_recordset(literal_column(f"NULL::{table.name}"), cast(bindparam("rows", doc), JSON))
+        # Named as the table's columns already (no column list: it would rename them by position).
+        unnested = typed.table_valued(*columns, with_ordinality="ordinality")
         stmt = postgresql.insert(entity).from_select(
             columns, select(*(unnested.c[c] for c in columns)).order_by(unnested.c.ordinality))
     else:
@@ -75,6 +81,13 @@ def insert_rows(session: Session, entity: type, rows: Sequence[dict], *, skip_co
         stmt = stmt.returning(*returning)
     result = session.execute(stmt) if postgres else session.execute(stmt, list(rows))
     return list(result.all()) if returning else []
+
+
+def _iso(value: object) -> str:
+    """Dates and times in JSON, as PostgreSQL reads them."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {value!r}")
 
 
 def enqueue(session: Session, recipient: str, purpose: str, period_key: str, body: str, *,

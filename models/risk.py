@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from bot.templating import render
 from models.authz import View
 from models.catalogue import Catalogue, ScorePoint, normalise
-from models.db import in_ids, tune_for_aggregates
+from models.db import in_ids, plain_rows, tune_for_aggregates
 from models.expected import is_final_year
 from models.outbox import Draft, enqueue_many, insert_rows, queued_ids
 from models.periods import UNIT_OF_PERIOD, Calendar, period_key, unit_bounds, week_key
@@ -398,10 +398,10 @@ def aggregates(session: Session, catalogue: Catalogue, cal: Calendar, windows: S
                    else_=0)
     covering: dict[tuple[str, int], list[dict]] = {}
     sums: list[dict[tuple[int, str], list]] = [{} for _w in windows]
-    session.flush()  # plain rows from the connection (no ORM loading for 100,000s of them): entries written first
-    result = session.connection().execute(
-        select(e.student_id, e.point_code, segment, func.count(), func.sum(e.value), func.max(e.occurred_on),
-               func.max(e.id), _periods_seen(session, catalogue, replaced, codes - replaced))
+    session.flush()  # plain rows (no ORM loading for 100,000s of them): entries written first
+    result = plain_rows(session, select(
+        e.student_id, e.point_code, segment, func.count(), func.sum(e.value), func.max(e.occurred_on),
+        func.max(e.id), _periods_seen(session, catalogue, replaced, codes - replaced))
         .where(*where).group_by(e.student_id, e.point_code, segment))
     for sid, code, seg, n, total, last_on, newest_id, seen in result:
         targets = covering.get((code, seg))
