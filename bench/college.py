@@ -586,7 +586,7 @@ def measure(url: str, args: argparse.Namespace) -> None:
             print("risk scan: models.risk.scan not available: skipped")
         else:
             ratio = scan_s / raw_scan
-            print(f"daily risk scan: {scan_s:.3f} s = {ratio:.2f} × raw")
+            print(f"daily risk scan (first of the semester, best of three): {scan_s:.3f} s = {ratio:.2f} × raw")
             results.append(("risk scan ≤ 3 × raw aggregate", f"{ratio:.2f} ×", ratio <= TARGET_RATIO))
 
         rng = random.Random(5)
@@ -651,18 +651,26 @@ def scan_figures(session, catalogue, cal, now: datetime, today: date) -> tuple[f
     print(f"raw scan aggregate (per student, rule points over {len(windows)} rule windows): {raw_s:.3f} s "
           f"({rows} rows)")
 
-    def scans() -> tuple[float, float]:
-        """A first scan over the college, then a second right after it (its warnings open), rolled back."""
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            out = risk.scan(session, catalogue, cal, now, today)
-            times.append(time.perf_counter() - start)
-            print(f"  scan {len(times)}: {times[-1]:.3f} s: {out.line()} (peak RSS so far {rss_mb():.0f} MB)")
-        session.rollback()
-        return times[0], times[1]
+    def scan(label: str) -> float:
+        start = time.perf_counter()
+        out = risk.scan(session, catalogue, cal, now, today)
+        took = time.perf_counter() - start
+        print(f"  {label}: {took:.3f} s: {out.line()} (peak RSS so far {rss_mb():.0f} MB)")
+        return took
 
-    first_s, second_s = scans()  # a scan takes long: once each
+    def scans() -> tuple[float, float]:
+        """The first scan over the college, best of three (each rolled back, like the raw aggregate's
+        best of three), then a second right after the last (its warnings open); rolled back."""
+        firsts = []
+        for n in range(1, 4):
+            if n > 1:
+                session.rollback()
+            firsts.append(scan(f"first scan, run {n}"))
+        second = scan("second scan, right after")
+        session.rollback()
+        return min(firsts), second
+
+    first_s, second_s = scans()
     print(f"daily risk scan, second run right after the first (steady state, warnings open): {second_s:.3f} s "
           f"= {second_s / raw_s:.2f} × raw")
     return raw_s, first_s
