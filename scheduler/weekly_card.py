@@ -37,18 +37,16 @@ from datetime import date, timedelta
 from statistics import fmean
 
 from dotenv import load_dotenv
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from bot.config import ROOT
 from bot.templating import render
 from models.card import Card, Entry
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.db import savepoint
 from models.excel import card_from_entries, load_entries
-from models.outbox import enqueue, idem_key
+from models.outbox import Draft, enqueue_many
 from models.periods import Calendar, Term, week_bounds, week_key
-from models.schema import OutboxMessage, SchoolClass, Staff, Student, utcnow
+from models.schema import OutboxMessage, SchoolClass, Staff, Student
 from scheduler.registry import JobContext, job
 from scheduler.reminders import MAX_BYTES, first_semester_midpoint, in_session, parse_schedule
 from scheduler.reminders import SETTINGS as REMINDERS
@@ -226,18 +224,12 @@ class Tally:
 
 
 def _queue(ctx: JobContext, key: str, messages: list[tuple[str, str]]) -> int:
-    """Insert the messages in bulk; a chunk that meets a concurrent twin falls back to `enqueue` per row."""
+    """Queue the messages in bulk (ON CONFLICT DO NOTHING: one already queued, by a rerun or a
+    concurrent twin, is left out); how many were new."""
     queued = 0
     for start in range(0, len(messages), INSERT_CHUNK):
-        chunk = messages[start:start + INSERT_CHUNK]
-        rows = [dict(recipient=r, channel="wecom", purpose=PURPOSE, period_key=key, idem_key=idem_key(r, PURPOSE, key),
-                     msgtype="text", body=b, status="pending", attempts=0, created_at=utcnow()) for r, b in chunk]
-        try:
-            with savepoint(ctx.session):
-                ctx.session.execute(insert(OutboxMessage), rows)
-            queued += len(rows)
-        except IntegrityError:
-            queued += sum(1 for r, b in chunk if enqueue(ctx.session, r, PURPOSE, key, b) is not None)
+        drafts = [Draft(r, PURPOSE, key, b) for r, b in messages[start:start + INSERT_CHUNK]]
+        queued += len(enqueue_many(ctx.session, drafts))
     return queued
 
 
