@@ -127,29 +127,10 @@ class Column:
 
     def update(self, changes: dict[int, Acc | None]) -> None:
         """Set, add or (None) remove students' accumulators."""
-        index = self.index()
-        gone = set()
-        for sid, acc in changes.items():
-            i = index.get(sid)
-            if acc is None:
-                if i is not None:
-                    gone.add(i)
-            elif i is None:
-                self.sid.append(sid)
-                self.n.append(acc[0])
-                self.total.append(acc[1])
-                self.value.append(acc[2])
-                self.last.append(acc[3])
-                self.key.append(acc[4])
-            else:
-                self.n[i], self.total[i], self.value[i], self.last[i], self.key[i] = acc
+        (self.sid, self.n, self.total, self.value, self.last, self.key) = _apply_changes(
+            [self.sid, self.n, self.total, self.value, self.last, self.key], (None, 0, 1, 2, 3, 4),
+            self.index(), changes)
         self._index = None
-        if gone:
-            keep = [i for i in range(len(self.sid)) if i not in gone]
-            for name in ("sid", "n", "total", "value", "last"):
-                old = getattr(self, name)
-                setattr(self, name, array(old.typecode, [old[i] for i in keep]))
-            self.key = [self.key[i] for i in keep]
 
 
 @dataclass
@@ -810,7 +791,15 @@ def _patched(sids: array, values: array, index: dict[int, int],
     """(student ids, values) with `changes` applied to a copy (None removes a student)."""
     if not changes:
         return sids, values
-    sids, values = array("i", sids), array("d", values)
+    sids, values = _apply_changes([array("i", sids), array("d", values)], (None, 2), index, changes)
+    return sids, values
+
+
+def _apply_changes(arrays: list, fields: tuple[int | None, ...], index: dict[int, int],
+                   changes: dict[int, Acc | None]) -> list:
+    """Parallel arrays (a row per student, `index` their positions) with `changes` applied: set, add
+    or (None) remove a student's row; `fields[k]` is what arrays[k] holds of an accumulator (None:
+    the student id). Changed in place; where rows are removed, new arrays without them."""
     gone = set()
     for sid, acc in changes.items():
         i = index.get(sid)
@@ -818,14 +807,17 @@ def _patched(sids: array, values: array, index: dict[int, int],
             if i is not None:
                 gone.add(i)
         elif i is None:
-            sids.append(sid)
-            values.append(acc[2])
+            for a, f in zip(arrays, fields, strict=True):
+                a.append(sid if f is None else acc[f])
         else:
-            values[i] = acc[2]
-    if gone:
-        keep = [i for i in range(len(sids)) if i not in gone]
-        sids, values = array("i", [sids[i] for i in keep]), array("d", [values[i] for i in keep])
-    return sids, values
+            for a, f in zip(arrays, fields, strict=True):
+                if f is not None:
+                    a[i] = acc[f]
+    if not gone:
+        return arrays
+    keep = [i for i in range(len(arrays[0])) if i not in gone]
+    return [array(a.typecode, [a[i] for i in keep]) if isinstance(a, array) else [a[i] for i in keep]
+            for a in arrays]
 
 
 class _Prefetch:
