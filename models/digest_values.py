@@ -830,21 +830,15 @@ class _Prefetch:
     """
 
     def __init__(self, engine: Engine, query: Select) -> None:
-        compiled = query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
         self._result: list[tuple] | BaseException = []
-        self._thread = threading.Thread(target=self._read, args=(engine, compiled.string, compiled.params),
-                                        name="digest-delta", daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(engine, query), name="digest-delta", daemon=True)
         self._thread.start()
 
-    def _read(self, engine: Engine, sql: str, params: dict) -> None:
+    def _read(self, engine: Engine, query: Select) -> None:
         try:
-            with engine.connect() as conn:
-                dbapi = conn.connection.dbapi_connection
-                with dbapi.cursor(binary=True) as cursor:
-                    for setting in ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'"):
-                        cursor.execute(setting)
-                    cursor.execute(sql, params)
-                    self._result = cursor.fetchall()
+            with Session(engine) as session:  # its own connection, settings and snapshot
+                tune_for_aggregates(session)
+                self._result = list(plain_rows(session, query))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in rows()
             self._result = exc
 
