@@ -73,7 +73,9 @@ def create_floor_app() -> Flask:
     answers spends on top of the protocol, on the same machine. `DATABASE_URL` is our psycopg URL.
     """
     dsn = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn) as conn:
+        # Every worker runs this at boot: IF NOT EXISTS alone races (a duplicate pg_type row).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('bench_floor'))")
         conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (msg_id text PRIMARY KEY)")
     local = threading.local()
 

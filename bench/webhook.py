@@ -145,14 +145,15 @@ def load_roster(url: str, teachers: int, per_class: int) -> list[Sender]:
 class Server:
     """A gunicorn process group we started, stopped by its own id."""
 
-    def __init__(self, name: str, app_spec: str, env: dict[str, str], logdir: Path, workers: int) -> None:
+    def __init__(self, name: str, app_spec: str, env: dict[str, str], logdir: Path, workers: int,
+                 options: tuple[str, ...] = ()) -> None:
         self.name = name
         self.port = free_port()
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"{HOST}:{self.port}",
-             "--graceful-timeout", "5", app_spec],
+             "--graceful-timeout", "5", *options, app_spec],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -450,6 +451,8 @@ def main() -> int:
     parser.add_argument("--teachers", type=int, default=200, help="senders (班主任), one class each")
     parser.add_argument("--students", type=int, default=40, help="students per class")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker of ours (gthread)")
+    parser.add_argument("--bare-threads", type=int, default=1, help="threads per worker of bare (gthread)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of our workers during the closed loop into DIR")
     parser.add_argument("--keep-db", action="store_true", help=f"leave the {DB_NAME} database for inspection")
@@ -484,9 +487,11 @@ def main() -> int:
         senders = load_roster(db_url, args.teachers, args.students)
         traffic = Traffic(senders)
 
-        ours = Server("ours", "bot:create_app()", env, logdir, args.workers)
+        ours = Server("ours", "bot:create_app()", env, logdir, args.workers,
+                      ("--threads", str(args.threads)) if args.threads > 1 else ())
         servers.append(ours)
-        bare = Server("bare", "bench.bare_app:create_bare_app()", env, logdir, args.workers)
+        bare = Server("bare", "bench.bare_app:create_bare_app()", env, logdir, args.workers,
+                      ("--threads", str(args.bare_threads)) if args.bare_threads > 1 else ())
         servers.append(bare)
         # A reference for the ratio: the bare endpoint plus one durable INSERT per message.
         floor = Server("floor", "bench.bare_app:create_floor_app()", env, logdir, args.workers)
@@ -501,6 +506,10 @@ def main() -> int:
             if s is ours:
                 sent_to_ours += len(warm.samples) + warm.failures
             results.append((warm, bad_replies(warm, s is ours)))
+        # The database is minutes old: give the planner the statistics autovacuum keeps on a live one
+        # (prepared statements are planned again after it), so a plan made on empty tables does not stay.
+        with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+            conn.execute("ANALYZE")
         print(f"phase 1: closed loop, {args.concurrency} concurrent senders, {args.duration:g} s per server",
               flush=True)
         closed: dict[str, Result] = {}

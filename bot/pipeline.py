@@ -67,7 +67,7 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
 
 
 def _handle_once(service: Service, msg: IncomingMessage, key: str | None) -> Reply:
-    work = UnitOfWork(service.sessions, service.statements)
+    work = UnitOfWork(service.sessions, service.recordings)
     try:
         reply = _dispatch(service, work, msg, key)
         if key and not work.processed_written:

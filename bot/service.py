@@ -12,6 +12,7 @@ from models.catalogue import Catalogue, load_catalogue
 from models.db import StatementConnections, make_engine, make_sessionmaker
 from models.directory import DirectoryCache
 from models.evaluation import Evaluated, Evaluator, evaluate_queued
+from models.scores import RecordingWriter
 
 
 class Service:
@@ -24,8 +25,9 @@ class Service:
         self.tz = ZoneInfo(self.settings.timezone)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
-        # PostgreSQL: a recording is one statement on a connection of its own (models.scores.record_at_once).
-        self.statements = StatementConnections(self.engine) if self.engine.dialect.name == "postgresql" else None
+        # PostgreSQL: recordings are one statement on a connection of their own (models.scores.RecordingWriter).
+        self.recordings = (RecordingWriter(StatementConnections(self.engine))
+                           if self.engine.dialect.name == "postgresql" else None)
         self.catalogue: Catalogue = load_catalogue(self.settings.catalogue_path)
         self.dedupe = make_dedupe(self.settings.redis_url)
         self.directory = DirectoryCache(self.settings.roster_cache_seconds)

@@ -28,7 +28,6 @@ from models.scores import (
     Processed,
     fill_ids,
     last_batch,
-    record_at_once,
     record_entries,
     revoke,
 )
@@ -364,7 +363,7 @@ def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
     processed = Processed(ctx.processed_key, msg.sender, reply) if ctx.processed_key else None
     evaluate = needs_evaluation(ctx.catalogue, planned)  # early warnings: checked after the commit
     # PostgreSQL: one autocommitted statement; elsewhere the pipeline commits the session.
-    write = partial(record_at_once, work.statements) if work.statements else partial(record_entries, ctx.session)
+    write = work.recordings.record if work.recordings else partial(record_entries, ctx.session)
     recorded = write(ctx.actor.audit_name, ctx.actor.staff_id, planned, text=msg.text, source=msg.channel,
                      source_msg=msg.msg_key, evaluate=evaluate, processed=processed)
     work.processed_written = processed is not None

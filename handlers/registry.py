@@ -12,9 +12,9 @@ from bot.config import Settings
 from bot.messages import IncomingMessage, Reply
 from models.authz import Actor
 from models.catalogue import Catalogue, normalise
-from models.db import StatementConnections
 from models.directory import Directory
 from models.periods import Calendar
+from models.scores import RecordingWriter
 
 Handler = Callable[[IncomingMessage, str, "Context"], Reply]
 
@@ -26,10 +26,10 @@ class UnitOfWork:
     its entries) says so with `processed_written`, so the pipeline does not write a second one.
     """
 
-    def __init__(self, sessions: Callable[[], Session], statements: StatementConnections | None = None) -> None:
-        """`statements`: where a write that is one statement can run on its own (PostgreSQL)."""
+    def __init__(self, sessions: Callable[[], Session], recordings: RecordingWriter | None = None) -> None:
+        """`recordings`: where a recording is written in a statement of its own (PostgreSQL)."""
         self._sessions = sessions
-        self.statements = statements
+        self.recordings = recordings
         self._session: Session | None = None
         self.processed_written = False
         self.queued_evaluation = False

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.card import Card, Entry, build_card, derive_class_values, point_values, with_previous
 from models.catalogue import Catalogue, ScorePoint
-from models.db import StatementConnections
+from models.db import GroupCommit, StatementConnections
 from models.periods import Calendar, Term, month_bounds, week_bounds
 from models.schema import (
     AuditLog,
@@ -169,19 +169,30 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
     return Recorded(batch_id, list(ids))
 
 
-# PostgreSQL: the whole recording in one statement, committed on its own (autocommit): the batch,
-# the entries (ids drawn first, so each audit row knows its entry), the superseded entries looked up
-# by index in the statement's snapshot (so never the new ones), the audit rows in the same JSON as
-# `record_entries` writes, the evaluation queue row and the processed-message row with the reply.
-_AT_ONCE = """
-WITH p AS (
-    SELECT * FROM json_to_recordset(%(rows)s::json) AS p(
-        code text, student_id int, class_id int, period_key text, semester_key text, occurred_on date,
-        value float8, value_json text, replaces bool, entity_key text, ord bigint)
+# PostgreSQL: recordings in one statement, committed on its own (autocommit), each recording
+# complete: its batch and entries (ids drawn first, so each audit row knows its entry), the
+# superseded entries looked up by index in the statement's snapshot (so never the new ones; the
+# subject tests on `ids` gate each branch, so an individual entry never runs the class lookup, whose
+# plan, made while the table was small, may walk the semester's index), the
+# audit rows in the same JSON as `record_entries` writes, the evaluation queue row and the
+# processed-message row with the reply. `rec` numbers the recordings, `ord` the entries.
+_RECORD_MANY = """
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(recs)s::json) AS r(
+        rec int, recorder int, source text, msg text, text text, actor text, evaluate bool, now timestamptz,
+        key text, sender text, reply text)
+),
+rb AS (
+    SELECT nextval(pg_get_serial_sequence('recording_batch', 'id')) AS batch_id, r.* FROM r
 ),
 batch AS (
-    INSERT INTO recording_batch (recorder_id, source, source_msg, text, created_at)
-    VALUES (%(recorder)s, %(source)s, %(msg)s, %(text)s, %(now)s) RETURNING id
+    INSERT INTO recording_batch (id, recorder_id, source, source_msg, text, created_at)
+    SELECT batch_id, recorder, source, msg, text, now FROM rb ORDER BY rec
+),
+p AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS p(
+        rec int, code text, student_id int, class_id int, period_key text, semester_key text, occurred_on date,
+        value float8, value_json text, replaces bool, entity_key text, ord bigint)
 ),
 ids AS (
     SELECT nextval(pg_get_serial_sequence('score_entry', 'id')) AS id, p.* FROM p
@@ -190,71 +201,104 @@ entries AS (
     INSERT INTO score_entry (id, point_code, student_id, class_id, period_key, semester_key, occurred_on, value,
                              recorder_id, batch_id, source, source_msg, created_at)
     SELECT ids.id, ids.code, ids.student_id, ids.class_id, ids.period_key, ids.semester_key, ids.occurred_on,
-           ids.value, %(recorder)s, batch.id, %(source)s, %(msg)s, %(now)s
-    FROM ids CROSS JOIN batch ORDER BY ids.ord
+           ids.value, rb.recorder, rb.batch_id, rb.source, rb.msg, rb.now
+    FROM ids JOIN rb ON rb.rec = ids.rec ORDER BY ids.ord
 ),
 old AS (
     SELECT ids.ord, o.id, o.value FROM ids CROSS JOIN LATERAL (
         SELECT * FROM (
             (SELECT s.id, s.value FROM score_entry s
-             WHERE s.student_id = ids.student_id AND s.point_code = ids.code AND s.period_key = ids.period_key
-               AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL ORDER BY s.id DESC LIMIT 1)
+             WHERE ids.student_id IS NOT NULL AND s.student_id = ids.student_id AND s.point_code = ids.code
+               AND s.period_key = ids.period_key AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL
+             ORDER BY s.id DESC LIMIT 1)
             UNION ALL
             (SELECT s.id, s.value FROM score_entry s
-             WHERE s.class_id = ids.class_id AND s.point_code = ids.code AND s.period_key = ids.period_key
-               AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL ORDER BY s.id DESC LIMIT 1)
+             WHERE ids.student_id IS NULL AND s.class_id = ids.class_id AND s.point_code = ids.code
+               AND s.period_key = ids.period_key AND s.semester_key = ids.semester_key AND s.revoked_at IS NULL
+             ORDER BY s.id DESC LIMIT 1)
         ) found LIMIT 1
     ) o WHERE ids.replaces
 ),
 audit AS (
     INSERT INTO audit_log (at, actor, action, entity, entity_key, old_value, new_value, source_msg)
-    SELECT %(now)s, %(actor)s, 'record', 'score_entry', ids.entity_key,
+    SELECT rb.now, rb.actor, 'record', 'score_entry', ids.entity_key,
            CASE WHEN old.id IS NOT NULL THEN format('{"entry": %%s, "value": %%s}', old.id,
                 CASE WHEN old.value = trunc(old.value) AND abs(old.value) < 1e15
                      THEN old.value::bigint::text || '.0' ELSE old.value::text END) END,
-           format('{"entry": %%s, "value": %%s}', ids.id, ids.value_json), %(msg)s
-    FROM ids LEFT JOIN old ON old.ord = ids.ord ORDER BY ids.ord
+           format('{"entry": %%s, "value": %%s}', ids.id, ids.value_json), rb.msg
+    FROM ids JOIN rb ON rb.rec = ids.rec LEFT JOIN old ON old.ord = ids.ord ORDER BY ids.ord
 ),
 queued AS (
-    INSERT INTO risk_evaluation_queue (batch_id, queued_at) SELECT id, %(now)s FROM batch WHERE %(evaluate)s
-)
-"""
-_AT_ONCE_PROCESSED = """,
+    INSERT INTO risk_evaluation_queue (batch_id, queued_at) SELECT batch_id, now FROM rb WHERE evaluate ORDER BY rec
+),
 processed AS (
     INSERT INTO processed_message (msg_key, sender, reply, at)
-    SELECT %(key)s, %(sender)s, replace(replace(%(reply)s, %(first_marker)s, min(id)::text),
-                                        %(last_marker)s, max(id)::text), %(now)s
-    FROM ids
+    SELECT rb.key, rb.sender, replace(replace(rb.reply, %(first_marker)s, min(ids.id)::text),
+                                      %(last_marker)s, max(ids.id)::text), rb.now
+    FROM rb JOIN ids ON ids.rec = rb.rec WHERE rb.key IS NOT NULL
+    GROUP BY rb.rec, rb.key, rb.sender, rb.reply, rb.now ORDER BY rb.rec
 )
+SELECT rb.rec, rb.batch_id, array_agg(ids.id ORDER BY ids.ord) FROM rb JOIN ids ON ids.rec = rb.rec
+GROUP BY rb.rec, rb.batch_id
 """
-_AT_ONCE_RESULT = "SELECT (SELECT id FROM batch), array_agg(id ORDER BY ord) FROM ids"
 
 
-def record_at_once(statements: StatementConnections, actor_name: str, recorder_id: int | None,
-                   planned: list[PlannedEntry], *, text: str, source: str = "chat", source_msg: str | None = None,
-                   evaluate: bool = False, processed: Processed | None = None) -> Recorded:
-    """`record_entries` for PostgreSQL in one round trip, committed (durable) when it returns.
+@dataclass(frozen=True)
+class Recording:
+    """One recording waiting for `RecordingWriter`: `record_entries`'s arguments."""
 
-    The same rows as `record_entries`; an IntegrityError (the processed row's key already taken by
-    a twin of the message) means nothing was written.
-    """
-    now = utcnow()
-    rows = [dict(code=p.point.code, student_id=p.student_id, class_id=p.class_id, period_key=p.period_key,
-                 semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(), value=p.value,
-                 value_json=json.dumps(p.value), replaces=not (p.point.accumulates or p.point.is_observation),
-                 entity_key=_subject_key(p), ord=n) for n, p in enumerate(planned)]
-    params = dict(
-        rows=json.dumps(rows, ensure_ascii=False),
-        recorder=recorder_id, source=source, msg=source_msg, text=text, now=now, actor=actor_name,
-        evaluate=evaluate,
-    )
-    sql = _AT_ONCE
-    if processed is not None:
-        sql += _AT_ONCE_PROCESSED
-        params.update(key=processed.msg_key, sender=processed.sender, reply=processed.reply,
+    actor_name: str
+    recorder_id: int | None
+    planned: list[PlannedEntry]
+    text: str
+    source: str
+    source_msg: str | None
+    evaluate: bool
+    processed: Processed | None
+    now: datetime
+
+
+class RecordingWriter:
+    """`record_entries` for PostgreSQL: a recording in one round trip, committed (durable) when
+    `record` returns, and recordings that arrive together from a process's threads committed
+    together (`GroupCommit`: one statement, one commit for all of them)."""
+
+    def __init__(self, statements: StatementConnections) -> None:
+        self.statements = statements
+        self._group: GroupCommit[Recording, Recorded] = GroupCommit(self._write, _recording_keys)
+
+    def record(self, actor_name: str, recorder_id: int | None, planned: list[PlannedEntry], *, text: str,
+               source: str = "chat", source_msg: str | None = None, evaluate: bool = False,
+               processed: Processed | None = None) -> Recorded:
+        """The same rows as `record_entries`; an IntegrityError (the processed row's key already
+        taken by a twin of the message) means nothing of this recording was written."""
+        return self._group.submit(Recording(actor_name, recorder_id, planned, text, source, source_msg,
+                                            evaluate, processed, utcnow()))
+
+    def _write(self, recordings: list[Recording]) -> list[Recorded]:
+        recs, rows = [], []
+        for n, r in enumerate(recordings):
+            recs.append(dict(
+                rec=n, recorder=r.recorder_id, source=r.source, msg=r.source_msg, text=r.text, actor=r.actor_name,
+                evaluate=r.evaluate, now=r.now.isoformat(),
+                key=r.processed and r.processed.msg_key, sender=r.processed and r.processed.sender,
+                reply=r.processed and r.processed.reply))
+            rows += [dict(rec=n, code=p.point.code, student_id=p.student_id, class_id=p.class_id,
+                          period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(),
+                          value=p.value, value_json=json.dumps(p.value),
+                          replaces=not (p.point.accumulates or p.point.is_observation),
+                          entity_key=_subject_key(p), ord=len(rows) + k) for k, p in enumerate(r.planned)]
+        params = dict(recs=json.dumps(recs, ensure_ascii=False), rows=json.dumps(rows, ensure_ascii=False),
                       first_marker=FIRST_ID, last_marker=LAST_ID)
-    batch_id, ids = statements.fetchone(sql + _AT_ONCE_RESULT, params)
-    return Recorded(batch_id, ids)
+        rows_back = self.statements.fetchall(_RECORD_MANY, params)
+        written = {rec: Recorded(batch_id, ids) for rec, batch_id, ids in rows_back}
+        return [written[n] for n in range(len(recordings))]
+
+
+def _recording_keys(recording: Recording) -> set[tuple[str, str]]:
+    """What a recording may supersede: two recordings of the same subject, point and period never
+    share a statement (in one, neither would see the other's entry)."""
+    return {(_subject_key(p), p.semester_key) for p in recording.planned}
 
 
 def last_batch(session: Session, recorder_id: int) -> RecordingBatch | None:

@@ -29,7 +29,7 @@ from models.schema import (
     ScoreEntry,
     Student,
 )
-from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, record_at_once, record_entries
+from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, record_entries
 from scheduler.runner import _flush_outbox
 from tests.chat import make_service, say
 from tests.factories import small_college
@@ -111,7 +111,7 @@ def test_one_statement_recording_writes_what_the_session_path_writes(pg_service,
     record_entries(session, "王芳(wangfang)", None, [entry], text="全勤率 张三 80")
     session.commit()
     replacing = planned(session, catalogue, "张三", "A03", 95.0)
-    second = record_at_once(pg_service.statements, "王芳(wangfang)", None, [replacing],
+    second = pg_service.recordings.record("王芳(wangfang)", None, [replacing],
                             text="全勤率 张三 95", source="wecom", source_msg="m2",
                             processed=Processed("wecom:m2", "wangfang", f"已记录 #{FIRST_ID}"))
     record_entries(session, "王芳(wangfang)", None, [planned(session, catalogue, "张三", "A03", 90.0)],
@@ -136,11 +136,11 @@ def test_one_statement_recording_writes_what_the_session_path_writes(pg_service,
 def test_one_statement_recording_is_all_or_nothing(pg_service, session, catalogue):
     entries = [planned(session, catalogue, "张三", "A03", 95.0), planned(session, catalogue, "李四", "A03", 90.0)]
     processed = Processed("wecom:twin", "wangfang", "已记录")
-    record_at_once(pg_service.statements, "王芳(wangfang)", None, entries, text="x", processed=processed,
+    pg_service.recordings.record("王芳(wangfang)", None, entries, text="x", processed=processed,
                    evaluate=True)
     before = [count(session, t) for t in (RecordingBatch, ScoreEntry, AuditLog, RiskEvaluationQueue)]
     with pytest.raises(IntegrityError):  # a twin of the message: its processed row is taken
-        record_at_once(pg_service.statements, "王芳(wangfang)", None, entries, text="x", processed=processed,
+        pg_service.recordings.record("王芳(wangfang)", None, entries, text="x", processed=processed,
                        evaluate=True)
     assert [count(session, t) for t in (RecordingBatch, ScoreEntry, AuditLog, RiskEvaluationQueue)] == before
     assert before == [1, 2, 2, 1]
