@@ -21,5 +21,7 @@ USER czk
 
 EXPOSE 8000
 # WeChat gives a callback 5 s; a worker stuck longer than that is of no use to anyone.
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "30", \
+# Threads (gthread): recordings that arrive together in a worker commit in one statement
+# (models.scores.RecordingWriter), and a retry waiting for its twin's reply holds one thread, not a worker.
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "8", "--timeout", "30", \
      "--access-logfile", "-", "bot:create_app()"]

@@ -451,7 +451,8 @@ def main() -> int:
     parser.add_argument("--teachers", type=int, default=200, help="senders (班主任), one class each")
     parser.add_argument("--students", type=int, default=40, help="students per class")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
-    parser.add_argument("--threads", type=int, default=1, help="threads per worker of ours (gthread)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="threads per worker of ours (gthread: recordings that arrive together commit together)")
     parser.add_argument("--bare-threads", type=int, default=1, help="threads per worker of bare (gthread)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of our workers during the closed loop into DIR")
