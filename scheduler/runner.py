@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bot.service import Service
 from models.schema import JobRun, Lease
@@ -168,7 +168,12 @@ def run_scheduler(service: Service, stop: threading.Event | None = None) -> None
     stop = stop or threading.Event()
     announced = False
     while not stop.is_set():
-        if try_lease(service, holder):
+        try:
+            leased = try_lease(service, holder)
+        except OperationalError as exc:  # the database busy or away: a standby that died would take over nothing
+            log.warning("could not check the scheduler lease (%s); trying again", exc)
+            leased = False
+        if leased:
             log.info("scheduler active as %s", holder)
             lost = threading.Event()
             sched = build_scheduler(service, holder, lost)

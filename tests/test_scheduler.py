@@ -42,9 +42,11 @@ def test_two_schedulers_one_active_and_the_standby_takes_over(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     upgrade_database(url)
     engine = create_engine(url)
-    start = lambda: subprocess.Popen([sys.executable, "-m", "bot", "scheduler"], cwd=ROOT,  # noqa: E731
-                                     env=bot_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first, second = start(), start()
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    start = lambda log: subprocess.Popen([sys.executable, "-m", "bot", "scheduler"], cwd=ROOT,  # noqa: E731
+                                         env=bot_env(url), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    first, second = start(logs[0]), start(logs[1])
+    said = lambda: "\n".join(f"== {log.name}\n{log.read_text()[-3000:]}" for log in logs)  # noqa: E731
     try:
         assert wait_for(lambda: len(heartbeats(engine)) >= 4, 40)
         time.sleep(1)
@@ -54,7 +56,7 @@ def test_two_schedulers_one_active_and_the_standby_takes_over(tmp_path):
         standby = second if active is first else first
         os.kill(active.pid, signal.SIGKILL)
         active.wait()
-        assert wait_for(lambda: str(standby.pid) in heartbeats(engine), 30)
+        assert wait_for(lambda: str(standby.pid) in heartbeats(engine), 30), said()
         assert set(heartbeats(engine)) == {str(active.pid), str(standby.pid)}
     finally:
         for p in (first, second):
