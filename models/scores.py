@@ -172,10 +172,9 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
 # PostgreSQL: recordings in one statement, committed on its own (autocommit), each recording
 # complete: its batch and entries (ids drawn first, so each audit row knows its entry), the
 # superseded entries looked up by index in the statement's snapshot (so never the new ones; the
-# subject tests on `ids` gate each branch, so an individual entry never runs the class lookup, whose
-# plan, made while the table was small, may walk the semester's index), the
-# audit rows in the same JSON as `record_entries` writes, the evaluation queue row and the
-# processed-message row with the reply. `rec` numbers the recordings, `ord` the entries.
+# subject tests on `ids` gate the two lookups, so an entry runs only its own), the audit rows in
+# the same JSON as `record_entries` writes, the evaluation queue row and the processed-message row
+# with the reply. `rec` numbers the recordings, `ord` the entries.
 _RECORD_MANY = """
 WITH r AS (
     SELECT * FROM json_to_recordset(%(recs)s::json) AS r(
