@@ -15,13 +15,11 @@ COPY models/ models/
 COPY scheduler/ scheduler/
 COPY templates/ templates/
 COPY migrations/ migrations/
+COPY gunicorn.conf.py .
 
 RUN useradd --system --home /app czk && mkdir -p /app/instance && chown czk /app/instance
 USER czk
 
 EXPOSE 8000
-# WeChat gives a callback 5 s; a worker stuck longer than that is of no use to anyone.
-# Threads (gthread): recordings that arrive together in a worker commit in one statement
-# (models.scores.RecordingWriter), and a retry waiting for its twin's reply holds one thread, not a worker.
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "8", "--timeout", "30", \
-     "--access-logfile", "-", "bot:create_app()"]
+# Workers, gevent and timeouts: gunicorn.conf.py (WEB_CONCURRENCY sets the number of workers).
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "bot:create_app()"]

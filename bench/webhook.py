@@ -6,9 +6,10 @@ Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
 1. creates a fresh database (`czk_bench`), migrates it with `python -m bot db upgrade`
    and loads a roster of many senders (200 班主任, each with a class of 40 students);
 2. flushes one Redis db index (13 unless BENCH_REDIS_DB says otherwise);
-3. starts our service (`gunicorn -w 2 'bot:create_app()'`), the bare endpoint
-   (`gunicorn -w 2 'bench.bare_app:create_bare_app()'`) and, as a reference, the bare endpoint
-   plus one durable INSERT per message (`create_floor_app()`, closed loop only) on loopback ports;
+3. starts our service as in production (`gunicorn -w 2 'bot:create_app()'` with gunicorn.conf.py:
+   gevent), the bare endpoint (`gunicorn -w 2 -k sync 'bench.bare_app:create_bare_app()'`) and,
+   as a reference, the bare endpoint plus one durable INSERT per message (`create_floor_app()`,
+   closed loop only) on loopback ports;
 4. phase 1, closed loop: N concurrent senders post encrypted recordings
    ("全勤率 <学生> <值>", each a distinct MsgId) as fast as answers come back;
    phase 2, open loop: a fixed offered rate with scheduled send times, latency
@@ -451,9 +452,14 @@ def main() -> int:
     parser.add_argument("--teachers", type=int, default=200, help="senders (班主任), one class each")
     parser.add_argument("--students", type=int, default=40, help="students per class")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
-    parser.add_argument("--threads", type=int, default=8,
-                        help="threads per worker of ours (gthread: recordings that arrive together commit together)")
-    parser.add_argument("--bare-threads", type=int, default=1, help="threads per worker of bare (gthread)")
+    parser.add_argument("--worker-class", choices=("gevent", "gthread"),
+                        help="gunicorn worker class of ours (default: gunicorn.conf.py's, as in production)")
+    parser.add_argument("--connections", type=int,
+                        help="gevent: clients served at once per worker of ours (default: gunicorn.conf.py's)")
+    parser.add_argument("--threads", type=int, default=8, help="with --worker-class gthread: threads per worker")
+    parser.add_argument("--bare-class", default="sync", choices=("sync", "gevent", "gthread"),
+                        help="gunicorn worker class of bare and floor")
+    parser.add_argument("--bare-threads", type=int, default=8, help="with --bare-class gthread: threads per worker")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of our workers during the closed loop into DIR")
     parser.add_argument("--keep-db", action="store_true", help=f"leave the {DB_NAME} database for inspection")
@@ -488,14 +494,22 @@ def main() -> int:
         senders = load_roster(db_url, args.teachers, args.students)
         traffic = Traffic(senders)
 
-        ours = Server("ours", "bot:create_app()", env, logdir, args.workers,
-                      ("--threads", str(args.threads)) if args.threads > 1 else ())
+        ours_options: tuple[str, ...] = ()  # gunicorn.conf.py's (gevent), but for the workers
+        if args.worker_class:
+            ours_options = ("-k", args.worker_class)
+        if args.connections:
+            ours_options += ("--worker-connections", str(args.connections))
+        if args.worker_class == "gthread":
+            ours_options += ("--threads", str(args.threads))
+        ours = Server("ours", "bot:create_app()", env, logdir, args.workers, ours_options)
         servers.append(ours)
-        bare = Server("bare", "bench.bare_app:create_bare_app()", env, logdir, args.workers,
-                      ("--threads", str(args.bare_threads)) if args.bare_threads > 1 else ())
+        bare_options = ("-k", args.bare_class)
+        if args.bare_class == "gthread":
+            bare_options += ("--threads", str(args.bare_threads))
+        bare = Server("bare", "bench.bare_app:create_bare_app()", env, logdir, args.workers, bare_options)
         servers.append(bare)
         # A reference for the ratio: the bare endpoint plus one durable INSERT per message.
-        floor = Server("floor", "bench.bare_app:create_floor_app()", env, logdir, args.workers)
+        floor = Server("floor", "bench.bare_app:create_floor_app()", env, logdir, args.workers, bare_options)
         servers.append(floor)
         for s in servers:
             s.wait_ready()

@@ -104,60 +104,80 @@ class ConnectionLost(Exception):
 
 
 class StatementConnections:
-    """One autocommitting DBAPI connection per thread, for writes that are a single statement.
+    """Autocommitting DBAPI connections kept for writes that are a single statement.
 
-    A statement on it is its own transaction (no BEGIN or COMMIT round trip) and skips the pool's
+    A statement on one is its own transaction (no BEGIN or COMMIT round trip) and skips the pool's
     check-out and reset, which on the chat callback's hottest path costs as much as the statement's
-    own client work. Connections are replaced after `recycle` seconds, like the pool's.
+    own client work. A connection is lent for one statement and kept for the next caller, whatever
+    thread or greenlet that is (under gevent a request's greenlet ends with its client's connection:
+    a connection per greenlet would be a new database session per client). Connections are replaced
+    after `recycle` seconds, like the pool's.
     """
 
     def __init__(self, engine: Engine, recycle: float = 1800) -> None:
         self.engine = engine
         self.recycle = recycle
-        self._local = threading.local()
+        self._idle: list[tuple[object, float]] = []  # (connection, opened at), the latest used last
+        self._lock = threading.Lock()
 
-    def _connection(self):  # noqa: ANN202 - the driver's connection
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and (conn.closed or time.monotonic() - self._local.since > self.recycle):
-            self._close()
-            conn = None
-        if conn is None:
-            fairy = self.engine.raw_connection()
-            conn = fairy.driver_connection
-            fairy.detach()  # ours until closed: the pool neither resets nor reuses it
-            conn.autocommit = True
-            if self.engine.dialect.name == "postgresql":
-                # The same few statements run here all day: plan them once. Left to choose, PostgreSQL
-                # kept re-planning the recording statement (a custom plan each time: ~3× its cost).
-                # Their lookups are by key: a plan made while a table was small must not keep walking
-                # it whole as it grows (the plan stays until the next ANALYZE), so no sequential scans.
-                conn.execute("SET plan_cache_mode = force_generic_plan")
-                conn.execute("SET enable_seqscan = off")
-            self._local.conn, self._local.since = conn, time.monotonic()
+    def _open(self):  # noqa: ANN202 - the driver's connection
+        fairy = self.engine.raw_connection()
+        conn = fairy.driver_connection
+        fairy.detach()  # ours until closed: the pool neither resets nor reuses it
+        conn.autocommit = True
+        if self.engine.dialect.name == "postgresql":
+            # The same few statements run here all day: plan them once. Left to choose, PostgreSQL
+            # kept re-planning the recording statement (a custom plan each time: ~3× its cost).
+            # Their lookups are by key: a plan made while a table was small must not keep walking
+            # it whole as it grows (the plan stays until the next ANALYZE), so no sequential scans.
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            conn.execute("SET enable_seqscan = off")
         return conn
 
-    def _close(self) -> None:
-        conn, self._local.conn = getattr(self._local, "conn", None), None
-        if conn is not None:
-            try:
-                conn.close()
-            except self.engine.dialect.loaded_dbapi.Error:
-                pass
+    def _borrow(self) -> tuple[object, float]:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if not conn.closed and time.monotonic() - since <= self.recycle:
+                return conn, since
+            self._discard(conn)
+        return self._open(), time.monotonic()
+
+    def _discard(self, conn) -> None:  # noqa: ANN001
+        try:
+            conn.close()
+        except self.engine.dialect.loaded_dbapi.Error:
+            pass
 
     def fetchall(self, sql: str, params: dict) -> list[tuple]:
         """Run one statement (committed when this returns) and return its rows."""
         dbapi = self.engine.dialect.loaded_dbapi
-        conn = self._connection()
+        conn, since = self._borrow()
         try:
-            return conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         except dbapi.OperationalError as exc:
             broken = conn.closed or getattr(conn, "broken", False)
-            self._close()
+            self._discard(conn)
             if broken:
                 raise ConnectionLost(str(exc)) from exc
             raise
         except dbapi.IntegrityError as exc:
+            self._give_back(conn, since)
             raise IntegrityError(sql, params, exc) from exc
+        except dbapi.Error:  # refused (a bad value): an autocommit connection is as good as before
+            self._give_back(conn, since)
+            raise
+        except BaseException:
+            self._discard(conn)  # interrupted mid-statement: its state is unknown
+            raise
+        self._give_back(conn, since)
+        return rows
+
+    def _give_back(self, conn, since: float) -> None:  # noqa: ANN001
+        with self._lock:
+            self._idle.append((conn, since))
 
 
 T = TypeVar("T")

@@ -7,13 +7,20 @@ import base64
 import hashlib
 import itertools
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import date, datetime
 from datetime import time as clock_time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,10 +32,10 @@ from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from werkzeug.serving import make_server
 
 from bot import create_app
-from bot.config import Settings, load_settings
+from bot.config import ROOT, Settings, load_settings
 from bot.service import Service
 from bot.wecom_api import WeComAPI, WeComAPIError
-from models.schema import ProcessedMessage, ScoreEntry
+from models.schema import AuditLog, ProcessedMessage, ScoreEntry
 from tests.factories import small_college
 from tests.fake_wecom import FakeWeCom
 
@@ -303,6 +310,86 @@ def test_unknown_sender_is_told_how_to_get_bound(serve, college, session):
     text = wecom.reply_text(wecom.post(text_xml("stranger01", "储值卡")))
     assert "stranger01" in text and "绑定" in text and "名册" in text
     assert count(session, ScoreEntry) == 0
+
+
+# ── the production server: gunicorn with gunicorn.conf.py ───────────────────
+
+@contextmanager
+def production_server(db_url: str, redis_url: str | None, logdir: Path) -> Iterator[tuple[str, Path]]:
+    """`gunicorn 'bot:create_app()'` from the repository root, as the Dockerfile runs it (its
+    gunicorn.conf.py: gevent), with two workers; yields the base URL and the log."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WECOM_", "MP_", "REDIS_", "DATABASE_"))}
+    env.update(DATABASE_URL=db_url, SECRET_KEY="test", APP_ENV="production", WECOM_CORP_ID=CORP_ID,
+               WECOM_AGENT_ID=AGENT_ID, WECOM_SECRET="secret", WECOM_TOKEN=TOKEN, WECOM_AES_KEY=AES_KEY,
+               WECOM_API_BASE="http://127.0.0.1:1/cgi-bin/")
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    log_path = logdir / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                                 "bot:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        yield base, log_path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_the_production_server_records_concurrent_messages_once_each(db_url, redis_url, college, session,
+                                                                     tmp_path):
+    """24 recordings at once (eight successive values for each of three students) and a message
+    WeChat delivers four times, over two gevent workers: every reply says it was recorded, each
+    message is recorded once, and each student's replacements form one unbroken audit chain."""
+    with production_server(db_url, redis_url, tmp_path) as (base, log_path):
+        wecom = WeComSender(base)
+        names = ["张三", "李四", "王五"]
+        jobs = [wecom.envelope(wecom.encrypt(text_xml("wangfang", f"全勤率 {names[n % 3]} {70 + n}")))
+                for n in range(24)]
+        retried = wecom.envelope(wecom.encrypt(text_xml("wangfang", "全勤率 2023010104 95")))
+        jobs[5:5] = [retried] * 2
+        jobs[17:17] = [retried] * 2
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda job: wecom.post_raw(*job), jobs))
+        texts = [wecom.reply_text(r) for r in replies]
+        assert "Using worker: gevent" in log_path.read_text()
+
+    assert all("已记录 1 条" in t for t in texts), texts
+    assert len({t for (_, body), t in zip(jobs, texts, strict=True) if body == retried[1]}) == 1
+    assert count(session, ProcessedMessage) == 25
+    entries = list(session.scalars(select(ScoreEntry)))
+    assert len(entries) == 25 and len({e.source_msg for e in entries}) == 25
+    by_subject: dict[str, list[AuditLog]] = {}
+    for audit in session.scalars(select(AuditLog).where(AuditLog.action == "record").order_by(AuditLog.id)):
+        by_subject.setdefault(audit.entity_key, []).append(audit)
+    chains = sorted(len(audits) for audits in by_subject.values())
+    assert chains == [1, 8, 8, 8]
+    values = {e.id: e.value for e in entries}
+    for audits in by_subject.values():
+        assert audits[0].old_value is None
+        for before, audit in zip(audits, audits[1:], strict=False):
+            assert json.loads(audit.old_value) == json.loads(before.new_value)
+        chain = [json.loads(a.new_value) for a in audits]
+        assert [c["entry"] for c in chain] == sorted(c["entry"] for c in chain)  # the newest replaces last
+        assert all(values[c["entry"]] == c["value"] for c in chain)
 
 
 # ── hostile and malformed input: 4xx, never 500 ──────────────────────────────
