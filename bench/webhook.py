@@ -11,7 +11,9 @@ Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
    as a reference, the bare endpoint plus one durable INSERT per message (`create_floor_app()`,
    closed loop only) on loopback ports;
 4. phase 1, closed loop: N concurrent senders post encrypted recordings
-   ("全勤率 <学生> <值>", each a distinct MsgId) as fast as answers come back;
+   ("全勤率 <学生> <值>", each a distinct MsgId) as fast as answers come back, the servers
+   taking turns in rounds (ours, bare, floor, floor, bare, ours, …) so that a machine whose
+   speed drifts during the run weighs on each alike;
    phase 2, open loop: a fixed offered rate with scheduled send times, latency
    measured from the scheduled time (no coordinated omission);
 5. prints msgs/s, p50, p99, max and errors per server and phase, the ratio
@@ -446,6 +448,8 @@ def warm_up(server: Server, traffic: Traffic, n: int = 40) -> Result:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="closed-loop seconds per server")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="closed loop: the servers take turns, each round a share of --duration")
     parser.add_argument("--concurrency", type=int, default=50, help="closed-loop concurrent senders")
     parser.add_argument("--rate", type=float, default=50.0, help="open-loop offered messages per second")
     parser.add_argument("--open-duration", type=float, default=20.0, help="open-loop seconds per server")
@@ -525,20 +529,28 @@ def main() -> int:
         # (prepared statements are planned again after it), so a plan made on empty tables does not stay.
         with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
             conn.execute("ANALYZE")
-        print(f"phase 1: closed loop, {args.concurrency} concurrent senders, {args.duration:g} s per server",
-              flush=True)
-        closed: dict[str, Result] = {}
-        cpu_ms: dict[str, float] = {}
-        for s in servers:
-            spies = []
-            if args.profile and s is ours:
-                args.profile.mkdir(parents=True, exist_ok=True)
-                spies = start_profilers(s, args.duration, args.profile)
-            cpu_before = s.cpu_seconds()
-            closed[s.name] = closed_loop(s, traffic, args.concurrency, args.duration)
-            cpu_ms[s.name] = 1000 * (s.cpu_seconds() - cpu_before) / max(1, len(closed[s.name].samples))
-            for spy in spies:
-                spy.wait(30)
+        rounds = max(1, args.rounds)
+        print(f"phase 1: closed loop, {args.concurrency} concurrent senders, {args.duration:g} s per server "
+              f"in {rounds} rounds", flush=True)
+        closed = {s.name: Result(s.name, "closed") for s in servers}
+        cpu_s = dict.fromkeys(closed, 0.0)
+        for k in range(rounds):
+            # ours, bare, floor, then floor, bare, ours, …: a machine that speeds up or slows down
+            # during the run weighs on every server alike.
+            for s in servers if k % 2 == 0 else servers[::-1]:
+                spies = []
+                if args.profile and s is ours and k == 0:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    spies = start_profilers(s, args.duration / rounds, args.profile)
+                cpu_before = s.cpu_seconds()
+                part = closed_loop(s, traffic, args.concurrency, args.duration / rounds)
+                cpu_s[s.name] += s.cpu_seconds() - cpu_before
+                closed[s.name].samples += part.samples
+                closed[s.name].failures += part.failures
+                closed[s.name].elapsed += part.elapsed
+                for spy in spies:
+                    spy.wait(30)
+        cpu_ms = {name: 1000 * cpu_s[name] / max(1, len(closed[name].samples)) for name in closed}
         print(f"phase 2: open loop, {args.rate:g} msgs/s offered for {args.open_duration:g} s per server",
               flush=True)
         opened = {}
