@@ -145,6 +145,10 @@ class StatementConnections:
             self._discard(conn)
         return self._open(), time.monotonic()
 
+    def _give_back(self, conn, since: float) -> None:  # noqa: ANN001
+        with self._lock:
+            self._idle.append((conn, since))
+
     def _discard(self, conn) -> None:  # noqa: ANN001
         try:
             conn.close()
@@ -174,10 +178,6 @@ class StatementConnections:
             raise
         self._give_back(conn, since)
         return rows
-
-    def _give_back(self, conn, since: float) -> None:  # noqa: ANN001
-        with self._lock:
-            self._idle.append((conn, since))
 
 
 T = TypeVar("T")

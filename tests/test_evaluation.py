@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.config import load_settings
 from bot.service import Service
-from models.db import make_sessionmaker, savepoint
+from models.db import StatementConnections, make_sessionmaker, savepoint
 from models.periods import place
 from models.schema import (
     AuditLog,
@@ -156,6 +156,22 @@ def test_a_connection_the_server_dropped_costs_nothing(pg_service, session):
     session.get_bind().dispose()  # the test's own pooled connections died too
     assert "已记录 1 条" in say(pg_service, "wangfang", "全勤率 李四 90")
     assert count(session, ScoreEntry) == 2 and count(session, ProcessedMessage) == 2
+
+
+def test_the_statement_connection_outlives_the_thread_that_used_it(pg_service):
+    """Under gevent each request is a greenlet that ends with its client's connection: the
+    recording's database session must not end with it (a new one for every WeChat connection)."""
+    connections = StatementConnections(pg_service.engine)
+    backends: list[int] = []
+
+    def one_statement() -> None:
+        backends.extend(row[0] for row in connections.fetchall("SELECT pg_backend_pid()", {}))
+
+    for _ in range(4):
+        worker = threading.Thread(target=one_statement)
+        worker.start()
+        worker.join()
+    assert len(backends) == 4 and len(set(backends)) == 1
 
 
 def test_a_savepoint_opening_the_transaction_is_undone_with_it(clean_db):
