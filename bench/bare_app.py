@@ -64,7 +64,6 @@ def create_bare_app(keep: Callable[[dict], None] | None = None) -> Flask:
     return app
 
 
-
 def create_floor_app() -> Flask:
     """The bare endpoint plus one durable write per message: its MsgId into a one-column table,
     committed (autocommit, PostgreSQL's default synchronous commit) before the reply.
