@@ -255,6 +255,19 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(48), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Raised by every takeover: a job commits only while its process's generation is the lease's.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class OutboxCall(Base):
+    """One WeCom call as it was made: a call whose outcome is unknown (the process died during it)
+    is made again with exactly this payload, under WeCom's duplicate check, so the person sees it once."""
+
+    __tablename__ = "outbox_call"
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class PlanTask(Base):
