@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import deque
@@ -103,6 +104,25 @@ class ConnectionLost(Exception):
     """The connection broke during a statement: whether it committed is unknown (retry; dedupe decides)."""
 
 
+# Taken one by one in the array's (ascending) order: two writers never wait on each other crosswise.
+_LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(%(keys)s::bigint[]) AS k) AS keys"
+
+
+def advisory_key(text: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def lock_keys(session: Session, keys: Iterable[str]) -> None:
+    """Take transaction-level advisory locks on `keys` (PostgreSQL; ascending order, so no two
+    writers deadlock). Elsewhere nothing: SQLite lets one writer at a time in anyway."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    ordered = sorted({advisory_key(k) for k in keys})
+    if ordered:
+        session.execute(text(_LOCK_KEYS), {"keys": ordered})
+
+
 class StatementConnections:
     """Autocommitting DBAPI connections kept for writes that are a single statement.
 
@@ -155,12 +175,22 @@ class StatementConnections:
         except self.engine.dialect.loaded_dbapi.Error:
             pass
 
-    def fetchall(self, sql: str, params: dict) -> list[tuple]:
-        """Run one statement (committed when this returns) and return its rows."""
+    def fetchall(self, sql: str, params: dict, locks: list[int] | None = None) -> list[tuple]:
+        """Run one statement (committed when this returns) and return its rows.
+
+        With `locks` (PostgreSQL advisory lock keys), the statement runs in a transaction that
+        first takes those locks, in ascending order, so a concurrent writer of the same keys in
+        another process waits for this one to commit and then sees it (a statement's snapshot is
+        taken when it starts: the lock must be taken by an earlier statement)."""
         dbapi = self.engine.dialect.loaded_dbapi
         conn, since = self._borrow()
         try:
-            rows = conn.execute(sql, params).fetchall()
+            if locks:
+                with conn.transaction():
+                    conn.execute(_LOCK_KEYS, {"keys": sorted(set(locks))})
+                    rows = conn.execute(sql, params).fetchall()
+            else:
+                rows = conn.execute(sql, params).fetchall()
         except dbapi.OperationalError as exc:
             broken = conn.closed or getattr(conn, "broken", False)
             self._discard(conn)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.card import Card, Entry, build_card, derive_class_values, point_values, with_previous
 from models.catalogue import Catalogue, ScorePoint
-from models.db import GroupCommit, StatementConnections
+from models.db import GroupCommit, StatementConnections, advisory_key, lock_keys
 from models.periods import Calendar, Term, month_bounds, week_bounds
 from models.schema import (
     AuditLog,
@@ -55,6 +55,16 @@ def _subject_key(e: ScoreEntry | PlannedEntry) -> str:
     return f"{who}/{code}/{e.period_key}"
 
 
+def _replaces(p: PlannedEntry) -> bool:
+    """Whether a record replaces the subject's value (count and observation points add)."""
+    return not (p.point.accumulates or p.point.is_observation)
+
+
+def _chain_keys(planned: list[PlannedEntry]) -> list[str]:
+    """The audit chains a recording extends: one per replaced subject, point and period."""
+    return [f"{_subject_key(p)}/{p.semester_key}" for p in planned if _replaces(p)]
+
+
 def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, tuple[int, float]]:
     """(entry id, value) of the live entries that replacing records supersede, by subject key.
 
@@ -63,7 +73,7 @@ def _superseded(session: Session, planned: list[PlannedEntry]) -> dict[str, tupl
     """
     groups: dict[tuple[str, str, str], list[PlannedEntry]] = {}
     for p in planned:
-        if not (p.point.accumulates or p.point.is_observation):
+        if _replaces(p):
             groups.setdefault((p.point.code, p.period_key, p.semester_key), []).append(p)
     found: dict[str, tuple[int, float]] = {}
     for (code, period, semester), group in groups.items():
@@ -142,6 +152,9 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
     """
     now = utcnow()
     session.flush()
+    # Another process recording the same subject, point and period waits here until this one
+    # commits (and this one for it), so each sees the entry it replaces: one unbroken audit chain.
+    lock_keys(session, _chain_keys(planned))
     batch_id = session.execute(insert(RecordingBatch).values(
         recorder_id=recorder_id, source=source, source_msg=source_msg, text=text, created_at=now,
     ).returning(RecordingBatch.id)).scalar_one()
@@ -285,11 +298,12 @@ class RecordingWriter:
             rows += [dict(rec=n, code=p.point.code, student_id=p.student_id, class_id=p.class_id,
                           period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(),
                           value=p.value, value_json=json.dumps(p.value),
-                          replaces=not (p.point.accumulates or p.point.is_observation),
+                          replaces=_replaces(p),
                           entity_key=_subject_key(p), ord=len(rows) + k) for k, p in enumerate(r.planned)]
         params = dict(recs=json.dumps(recs, ensure_ascii=False), rows=json.dumps(rows, ensure_ascii=False),
                       first_marker=FIRST_ID, last_marker=LAST_ID)
-        rows_back = self.statements.fetchall(_RECORD_MANY, params)
+        chains = [advisory_key(k) for r in recordings for k in _chain_keys(r.planned)]
+        rows_back = self.statements.fetchall(_RECORD_MANY, params, locks=chains)
         written = {rec: Recorded(batch_id, ids) for rec, batch_id, ids in rows_back}
         return [written[n] for n in range(len(recordings))]
 

@@ -338,9 +338,9 @@ def production_server(db_url: str, redis_url: str | None, logdir: Path) -> Itera
         while True:
             assert proc.poll() is None, log_path.read_text()
             try:
-                if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                if requests.get(base + "/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or a worker still booting on a loaded machine
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
