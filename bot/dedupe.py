@@ -1,7 +1,11 @@
-"""At-most-once claims on inbound message ids: Redis when configured, memory otherwise.
+"""Short in-progress claims on inbound message ids: Redis when configured, memory otherwise.
 
-The database's unique constraint on processed_message.msg_key stands behind this,
-so a Redis outage can cost speed but never a doubled record.
+A claim only says "a worker is handling this message now"; it lapses after CLAIM_TTL seconds,
+so a worker killed mid-message blocks nobody for long: WeChat's next retry (5 s later) finds
+the claim gone and is handled. The permanent record is the processed_message row, whose unique
+msg_key is written in the same transaction as whatever the message changed: a retry that
+arrives after the claim lapsed, or while Redis is down, meets that key and gets the stored reply,
+so a lapsed claim or a Redis outage can cost speed but never a doubled record.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import redis
 
 log = logging.getLogger(__name__)
 
-CLAIM_TTL = 3 * 24 * 3600  # WeChat retries within seconds; three days is ample.
+# A message is handled in well under a second. A claim outlives its worker (SIGKILL, OOM) by at
+# most this; WeChat's retry waits for a claim in force (bot.pipeline.TWIN_WAIT_S, longer than this)
+# and, when it lapses unanswered, handles the message itself, inside WeChat's 5 s.
+CLAIM_TTL = 3
 
 
 class MemoryDedupe:
@@ -25,12 +32,13 @@ class MemoryDedupe:
         self._lock = threading.Lock()
 
     def claim(self, key: str) -> bool:
-        """True if this process sees `key` for the first time."""
+        """True if no claim on `key` is in force in this process (none, or one that lapsed)."""
         now = time.monotonic()
         with self._lock:
-            if len(self._seen) > 100_000:
+            if len(self._seen) > 10_000:
                 self._seen = {k: t for k, t in self._seen.items() if now - t < CLAIM_TTL}
-            if key in self._seen:
+            since = self._seen.get(key)
+            if since is not None and now - since < CLAIM_TTL:
                 return False
             self._seen[key] = now
             return True
@@ -67,7 +75,7 @@ class RedisDedupe:
         self._down_until = time.monotonic() + 5
 
     def claim(self, key: str) -> bool:
-        """True if no worker has claimed `key` yet (or Redis is down: the database decides)."""
+        """True if no worker holds a claim on `key` now (or Redis is down: the database decides)."""
         if not self._usable():
             return True
         try:

@@ -18,8 +18,9 @@ from models.schema import ProcessedMessage
 
 log = logging.getLogger(__name__)
 
-# A retry that arrives while the first delivery is still being handled waits this
-# long for the first one's reply (WeChat gives each attempt 5 s).
+# A retry that arrives while the first delivery is still being handled waits this long for the
+# first one's reply (WeChat gives each attempt 5 s). Longer than a claim lives (bot.dedupe.CLAIM_TTL):
+# a retry never gives up on a message whose handler died; it takes the lapsed claim over instead.
 TWIN_WAIT_S = 4.0
 
 
@@ -28,12 +29,18 @@ def _stored_reply(service: Service, key: str) -> str | None:
         return session.scalar(select(ProcessedMessage.reply).where(ProcessedMessage.msg_key == key))
 
 
-def _await_twin(service: Service, key: str) -> Reply:
+def _await_twin(service: Service, key: str) -> Reply | None:
+    """The reply of the worker handling the same message, once it is stored; None when that
+    worker's claim lapsed first (it died mid-message) and the claim is now ours to handle it."""
     deadline = time.monotonic() + TWIN_WAIT_S
     while True:
         stored = _stored_reply(service, key)
-        if stored is not None or time.monotonic() >= deadline:
-            return Reply(stored or "")
+        if stored is not None:
+            return Reply(stored)
+        if service.dedupe.claim(key):
+            return None
+        if time.monotonic() >= deadline:
+            return Reply("")  # still being handled: WeChat's next retry asks again
         time.sleep(0.05)
 
 
@@ -41,7 +48,9 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
     """Handle one inbound message at most once and return the reply to send back."""
     key = f"{msg.channel}:{msg.msg_key}" if msg.msg_key else None
     if key and not service.dedupe.claim(key):
-        return _await_twin(service, key)
+        twin = _await_twin(service, key)
+        if twin is not None:
+            return twin
     try:
         try:
             return _handle_once(service, msg, key)

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
 
 web = Blueprint("web", __name__)
 
 
 @web.get("/healthz")
 def healthz():  # noqa: ANN201
-    """Liveness and database reachability, for the load balancer."""
+    """200 while the database answers (Redis reported, not required: the service goes on without
+    it); 503 naming the part that failed otherwise, for the load balancer and the monitoring."""
     service = current_app.extensions["czk"]
-    with service.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-    return jsonify(status="ok")
+    try:
+        with service.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.warning("health check: database unavailable (%s)", type(exc).__name__)
+        return jsonify(status="error", database="error", redis=_redis_state(service)), 503
+    return jsonify(status="ok", database="ok", redis=_redis_state(service))
+
+
+def _redis_state(service) -> str:  # noqa: ANN001
+    """"ok" when Redis answers a ping; "absent" when it is not configured or does not answer."""
+    if not service.settings.redis_url:
+        return "absent"
+    import redis
+
+    try:
+        client = redis.Redis.from_url(service.settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.3)
+        try:
+            return "ok" if client.ping() else "absent"
+        finally:
+            client.close()
+    except redis.RedisError:
+        return "absent"
 
 
 @web.get("/export/<token>")
