@@ -303,7 +303,7 @@ class PlanTaskUpdate(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("plan_task.id"), index=True)
     actor: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # progress|done|achievement
+    kind: Mapped[str] = mapped_column(String(16))  # progress|done|achievement|reminded|supervised
     value: Mapped[int | None] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

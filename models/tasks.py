@@ -12,11 +12,11 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import roster
@@ -30,7 +30,7 @@ from models.roster import (
     SheetSpec,
     parse_date,
 )
-from models.schema import AuditLog, PlanTask, PlanTaskUpdate, Staff, utcnow
+from models.schema import AuditLog, OutboxMessage, PlanTask, PlanTaskUpdate, Staff, utcnow
 
 TASKS = "任务"
 OPEN, DONE, CARRIED = "open", "done", "carried"  # carried: replaced by its 整改 task
@@ -444,6 +444,48 @@ def rectification_list(session: Session, cycle: int) -> list[PlanTask]:
     carried_ids = select(PlanTask.id).where(PlanTask.cycle == cycle)
     return list(session.scalars(select(PlanTask).where(
         PlanTask.carried_from_id.in_(carried_ids)).order_by(PlanTask.id)))
+
+
+# ---------------------------------------------------------------- deadline notices
+
+# A notice about a task, kept in its history: value = the outbox row that carried it, note = to whom.
+REMINDED, SUPERVISED = "reminded", "supervised"  # the early deadline reminder; a 督办通知
+
+
+def last_notices(session: Session, task_ids: Iterable[int], kind: str) -> dict[tuple[int, str], date]:
+    """(task id, recipient) → the day of the latest notice of `kind` actually queued to them.
+
+    Read from the outbox rows the notices point at: their period key is the day the job
+    queued them (ISO), so a notice whose message was never queued counts for nothing.
+    """
+    ids = sorted(set(task_ids))
+    out: dict[tuple[int, str], date] = {}
+    for start in range(0, len(ids), 900):
+        rows = session.execute(
+            select(PlanTaskUpdate.task_id, OutboxMessage.recipient, func.max(OutboxMessage.period_key))
+            .join(OutboxMessage, OutboxMessage.id == PlanTaskUpdate.value)
+            .where(PlanTaskUpdate.kind == kind, PlanTaskUpdate.task_id.in_(ids[start:start + 900]))
+            .group_by(PlanTaskUpdate.task_id, OutboxMessage.recipient))
+        out.update(((task_id, to), date.fromisoformat(day)) for task_id, to, day in rows)
+    return out
+
+
+def record_notice(session: Session, task_id: int, kind: str, message: OutboxMessage, note: str,
+                  at: datetime) -> None:
+    """Keep in a task's history that a notice about it was queued, and in which outbox row."""
+    session.add(PlanTaskUpdate(task_id=task_id, actor="系统", kind=kind, value=message.id, note=note, at=at))
+
+
+def reminder_due(due: date, today: date, last: date | None, days_before: int) -> bool:
+    """The early reminder: from `days_before` days before the due day until the day before,
+    once per due date (a day missed is made up on the next one, the due day has its own)."""
+    return 1 <= (due - today).days <= days_before and (last is None or last < due - timedelta(days=days_before))
+
+
+def supervision_due(due: date, today: date, last: date | None, every_days: int) -> bool:
+    """A 督办通知: at once for an overdue task never supervised since it fell due, then
+    `every_days` after the last one queued (not on fixed days: a late start is not skipped)."""
+    return today > due and (last is None or last <= due or (today - last).days >= every_days)
 
 
 # ---------------------------------------------------------------- presentation helpers

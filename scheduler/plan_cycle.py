@@ -11,8 +11,10 @@ Dates and times come from the environment, read once here (`CycleSettings.from_e
   `OUTCOME_REVIEW_CRON`: when each job runs, `[DAYS] HH:MM` as the reminders' schedules
   (`08:20`, `08:50`, `09:25`, `09:35`, `09:50`, daily: never on the hour or half hour, as
   WeCom asks); the cycle jobs run only in their months unless the schedule names `month=`;
-- `TASK_REMIND_DAYS_BEFORE` (3): the early deadline reminder, days before the due day;
-- `TASK_OVERDUE_EVERY_DAYS` (7): 督办通知 on the first day overdue, then every N days until done;
+- `TASK_REMIND_DAYS_BEFORE` (3): the early deadline reminder, days before the due day (made up
+  on a later day before the due day when its day was missed);
+- `TASK_OVERDUE_EVERY_DAYS` (7): 督办通知 on the first run that finds a task overdue, then N days
+  after the last one queued, until done;
 - `PLAN_SUBMISSION_START` (03-01), `PLAN_REVIEW_DEADLINE` (03-31), `PLAN_LAST_CALL_DAYS` (4):
   事前, plans asked for from, reviewed by, and the last call that many days before;
 - `PROGRESS_CHECKIN_MONTHS` (5-10), `PROGRESS_CHECKIN_DAY` (5): 事中, the months of the
@@ -41,16 +43,22 @@ from bot.templating import render
 from models.expected import PLAN_DOCUMENTS, recorder_scopes
 from models.outbox import enqueue
 from models.periods import period_key, week_key
-from models.schema import PlanTask, SchoolClass, ScoreEntry, Staff, Student
+from models.schema import OutboxMessage, PlanTask, SchoolClass, ScoreEntry, Staff, Student
 from models.tasks import (
     OPEN,
+    REMINDED,
+    SUPERVISED,
     TaskView,
     by_person,
     carry_over,
     cycle_tasks,
     fit_sections,
+    last_notices,
     recipient_of,
+    record_notice,
     rectification_list,
+    reminder_due,
+    supervision_due,
     task_view,
 )
 from scheduler.registry import JobContext, job, parse_schedule
@@ -208,15 +216,18 @@ class Sent:
 
 
 def _send(ctx: JobContext, sent: Sent, person: Staff, purpose: str, key: str, template: str,
-          sections: dict[str, list[Any]], kind: str, **context: object) -> None:
-    """Queue one bundled message for a person (nothing for someone without a WeCom account)."""
+          sections: dict[str, list[Any]], kind: str, **context: object) -> OutboxMessage | None:
+    """Queue one bundled message for a person (nothing for someone without a WeCom account);
+    returns the new outbox row, None when nothing was queued."""
     to = recipient_of(person)
     if to is None:
         sent.skipped += 1
-        return
+        return None
     body = fit_sections(lambda **kw: render(template, **kw), sections, MESSAGE_LIMIT,
                         name=person.name, **context)
-    sent.add(kind, enqueue(ctx.session, to, purpose, key, body) is not None)
+    message = enqueue(ctx.session, to, purpose, key, body)
+    sent.add(kind, message is not None)
+    return message
 
 
 # ---------------------------------------------------------------- deadlines and 督办
@@ -226,31 +237,51 @@ def _send(ctx: JobContext, sent: Sent, person: Staff, purpose: str, key: str, te
      "overdue, weekly until done",
      **SETTINGS.cron("task_deadlines"))
 def task_deadlines(ctx: JobContext) -> str:
-    """Remind owners N days before and on the due day; send 督办通知 for overdue tasks, weekly."""
+    """Remind owners before and on the due day; 督办通知 for overdue tasks, then weekly.
+
+    Catch-up, decided from what was queued (the notices each task keeps, pointing at their
+    outbox rows), not from the day count: an early reminder missed on its day goes out on a
+    later day before the due day; an overdue task never supervised gets its 督办通知 now, and
+    each person the next one `overdue_every_days` after the last one queued to them. The
+    outbox key (person + day) keeps a rerun on one day from sending twice.
+    """
     s, today = SETTINGS, ctx.today
     soon_day = today + timedelta(days=s.remind_days_before)
     tasks = ctx.session.scalars(select(PlanTask).where(
         PlanTask.status == OPEN, PlanTask.due <= soon_day).order_by(PlanTask.due, PlanTask.id)).all()
+    ids = [t.id for t in tasks]
+    reminded = last_notices(ctx.session, ids, REMINDED)
+    supervised = last_notices(ctx.session, ids, SUPERVISED)
     items: list[tuple[Staff, str, TaskView]] = []
     for task in tasks:
         view = task_view(task, today)
-        late = (today - task.due).days
-        if task.due == soon_day:
-            items.append((task.owner, "soon", view))
-        elif task.due == today:
+        if task.due == today:
             items.append((task.owner, "today", view))
-        elif late > 0 and (late - 1) % s.overdue_every_days == 0:
-            items.append((task.owner, "overdue_own", view))
+        elif task.due > today:
+            if reminder_due(task.due, today, reminded.get((task.id, recipient_of(task.owner) or "")),
+                            s.remind_days_before):
+                items.append((task.owner, "soon", view))
+        else:
+            people = [(task.owner, "overdue_own")]
             if task.supervisor is not None and task.supervisor_id != task.owner_id:
-                items.append((task.supervisor, "overdue_supervised", view))
+                people.append((task.supervisor, "overdue_supervised"))
+            for person, section in people:
+                last = supervised.get((task.id, recipient_of(person) or ""))
+                if supervision_due(task.due, today, last, s.overdue_every_days):
+                    items.append((person, section, view))
     sent = Sent()
     for person, sections in by_person(items).values():
         supervision = bool(sections.get("overdue_own") or sections.get("overdue_supervised"))
         ordered = {k: sections.get(k, []) for k in ("overdue_supervised", "overdue_own", "today", "soon")}
-        _send(ctx, sent, person, "task_deadlines", today.isoformat(), "push/task_deadlines.txt", ordered,
-              "督办通知" if supervision else "reminders", days=s.remind_days_before)
+        message = _send(ctx, sent, person, "task_deadlines", today.isoformat(), "push/task_deadlines.txt", ordered,
+                        "督办通知" if supervision else "reminders")
+        if message is None:
+            continue
+        for section, kind in (("overdue_supervised", SUPERVISED), ("overdue_own", SUPERVISED), ("soon", REMINDED)):
+            for view in ordered[section]:
+                record_notice(ctx.session, view.id, kind, message, f"发给{person.name}", ctx.now)
     if not items:
-        return f"no task due on {today} or {soon_day}, none to supervise today"
+        return f"no task due on {today} or by {soon_day} to remind of, none to supervise today"
     return sent.line()
 
 

@@ -21,6 +21,14 @@ Schedules and offsets are configurable by environment variable, read once at imp
 | REMINDER_GRADUATION_CRON | `day=1 09:40` (monthly) | 毕业前 points of final-year classes, during term 2 |
 | REMINDER_SESSION_SUMMARY_CRON | `fri 16:40` | 每次课前 points: the week's summary to 任课教师 |
 
+Each job acts on an occasion of a period (a week, a month, "17 days before the term ends") and
+keys its messages by that occasion. When the occasion's day was missed (the scheduler was down),
+the next run still inside the period, before its deadline, sends what is owed, and only to the
+recorders not yet reminded for that occasion: the idempotency key decides, not the calendar.
+An occasion is never sent early: the 周末 and 每次课前 reminders wait for their scheduled weekday
+even when a late run of last week's falls on a Tuesday, and a later occasion of the same period
+(3 days before the term ends) replaces an earlier one that was missed (17 days before).
+
 A schedule is `[DAYS] HH:MM`, DAYS being a day-of-week expression (`fri`, `mon-fri`) or cron
 fields as `field=value` (`day=1`, `month=3`); e.g. `fri 15:10`, `16:10`, `day=1 09:40`.
 """
@@ -30,8 +38,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
+from apscheduler.triggers.cron import CronTrigger
 from dotenv import load_dotenv
 from sqlalchemy import select
 
@@ -118,6 +127,23 @@ SETTINGS = load_reminder_settings(os.environ)
 def in_session(cal: Calendar, start: date, end: date) -> bool:
     """Does any semester day fall in [start, end]? (False for a week or month wholly in a vacation.)"""
     return any(t.start <= end and start <= t.end for t in (cal.term_for(start), cal.term_for(end)))
+
+
+def occasion(days_left: int, days_before: tuple[int, ...]) -> int | None:
+    """Which of the "N days before" occasions is owed `days_left` days before a deadline: the
+    latest one already reached (a missed day is made up until the next one), None before the first."""
+    reached = [d for d in days_before if d >= days_left >= 0]
+    return min(reached) if reached else None
+
+
+def scheduled_since(ctx: JobContext, job_name: str, start: date) -> bool:
+    """Has the job's schedule come due on a day from `start` up to today? A run missed on its
+    day is made up later in the period; a run before that day (a late run of the previous
+    period's) does not send this period's early."""
+    tz = ctx.now.tzinfo
+    trigger = CronTrigger(timezone=tz, **SETTINGS.schedules[job_name])
+    first = trigger.get_next_fire_time(None, datetime.combine(start, time(0), tz))
+    return first is not None and first.date() <= ctx.today
 
 
 def first_semester_midpoint(term: Term) -> date:
@@ -223,6 +249,8 @@ def weekend_reminders(ctx: JobContext) -> str:
     key = week_key(ctx.today)
     if not in_session(ctx.calendar, start, end):
         return f"{key}: nothing due (vacation week)"
+    if not scheduled_since(ctx, "weekend_reminders", start):
+        return f"{key}: not due yet (reminders from the scheduled day to {end.isoformat()})"
     out = send_reminders(ctx, "weekend_reminders", key, _missing(ctx, "周末", ctx.today),
                          "push/weekend_reminder.txt", start=start, end=end, deadline=end)
     return out.line(key)
@@ -231,11 +259,12 @@ def weekend_reminders(ctx: JobContext) -> str:
 @job("month_end_reminders", "Remind recorders of this month's missing 月末 points, days before month end",
      **_schedule("month_end_reminders"))
 def month_end_reminders(ctx: JobContext) -> str:
-    """月末 points of this month, on the day REMINDER_MONTH_END_DAYS before its last day."""
+    """月末 points of this month, from REMINDER_MONTH_END_DAYS before its last day (made up on a
+    later day of the month when that day was missed)."""
     start, end = month_bounds(ctx.today)
     key = period_key("月末", ctx.today, ctx.calendar)
     remind_on = end - timedelta(days=SETTINGS.month_end_days)
-    if ctx.today != remind_on:
+    if ctx.today < remind_on:
         return f"{key}: not due today (reminders on {remind_on.isoformat()})"
     if not in_session(ctx.calendar, start, end):
         return f"{key}: nothing due (vacation month)"
@@ -247,17 +276,19 @@ def month_end_reminders(ctx: JobContext) -> str:
 @job("semester_end_reminders", "Remind recorders of missing 学期末 (and 学年末) points before the semester ends",
      **_schedule("semester_end_reminders"))
 def semester_end_reminders(ctx: JobContext) -> str:
-    """学期末 points (in the second semester 学年末 too): 17 and 3 days before the term's last day."""
+    """学期末 points (in the second semester 学年末 too): 17 and 3 days before the term's last day
+    (an occasion missed is made up on the next run before the following one)."""
     term = ctx.calendar.term_for(ctx.today)
     days_left = (term.end - ctx.today).days
-    if not term.contains(ctx.today) or days_left not in SETTINGS.semester_end_days:
+    owed = occasion(days_left, SETTINGS.semester_end_days) if term.contains(ctx.today) else None
+    if owed is None:
         days = "/".join(str(d) for d in SETTINGS.semester_end_days)
         return f"{term.key}: not due today (reminders {days} days before {term.end.isoformat()})"
     results = [_missing(ctx, "学期末", ctx.today)]
     year_end = term.term == 2 and bool(expected_points(ctx.catalogue, "学年末"))
     if year_end:
         results.append(_missing(ctx, "学年末", ctx.today))
-    key = f"{term.key}/D-{days_left}"
+    key = f"{term.key}/D-{owed}"
     out = send_reminders(ctx, "semester_end_reminders", key, _merge(ctx.catalogue, *results),
                          "push/semester_end_reminder.txt", term=term.label, year_end=year_end,
                          deadline=term.end, days_left=days_left)
@@ -273,6 +304,8 @@ def year_start_reminders(ctx: JobContext) -> str:
     if term.term != 1 or not term.start <= ctx.today <= deadline:
         return f"{term.year}: not due (学年初 runs in the first {SETTINGS.year_start_weeks} weeks of term 1)"
     key = f"{term.year}/{week_key(ctx.today)}"
+    if not scheduled_since(ctx, "year_start_reminders", week_bounds(ctx.today)[0]):
+        return f"{key}: not due yet this week"
     out = send_reminders(ctx, "year_start_reminders", key, _missing(ctx, "学年初", ctx.today),
                          "push/year_start_reminder.txt", year=term.year, deadline=deadline)
     return out.line(key)
@@ -281,16 +314,18 @@ def year_start_reminders(ctx: JobContext) -> str:
 @job("first_semester_reminders", "Remind recorders of missing 第一学期中 points before the middle of term 1",
      **_schedule("first_semester_reminders"))
 def first_semester_reminders(ctx: JobContext) -> str:
-    """第一学期中 points, due at the midpoint of term 1: a week before it and on the day."""
+    """第一学期中 points, due at the midpoint of term 1: a week before it and on the day (a week
+    before made up on a later day before the midpoint when missed)."""
     term = ctx.calendar.term_for(ctx.today)
     if term.term != 1:
         return f"{term.key}: not due (第一学期中 is in term 1)"
     midpoint = first_semester_midpoint(term)
     days_left = (midpoint - ctx.today).days
-    if days_left not in SETTINGS.first_semester_days:
+    owed = occasion(days_left, SETTINGS.first_semester_days)
+    if owed is None:
         days = "/".join(str(d) for d in SETTINGS.first_semester_days)
         return f"{term.key}: not due today (reminders {days} days before {midpoint.isoformat()})"
-    key = f"{term.key}/D-{days_left}"
+    key = f"{term.key}/D-{owed}"
     out = send_reminders(ctx, "first_semester_reminders", key, _missing(ctx, "第一学期中", ctx.today),
                          "push/first_semester_reminder.txt", term=term.label, deadline=midpoint)
     return out.line(key)
@@ -304,6 +339,8 @@ def graduation_reminders(ctx: JobContext) -> str:
     if term.term != 2 or not term.contains(ctx.today):
         return f"{term.key}: not due (毕业前 reminders run during term 2)"
     key = f"{term.year}/{ctx.today:%Y-%m}"
+    if not scheduled_since(ctx, "graduation_reminders", month_bounds(ctx.today)[0]):
+        return f"{key}: not due yet this month"
     out = send_reminders(ctx, "graduation_reminders", key, _missing(ctx, "毕业前", ctx.today),
                          "push/graduation_reminder.txt", deadline=term.end)
     return out.line(key)
@@ -317,6 +354,8 @@ def session_point_summary(ctx: JobContext) -> str:
     key = week_key(ctx.today)
     if not in_session(ctx.calendar, start, end):
         return f"{key}: nothing due (vacation week)"
+    if not scheduled_since(ctx, "session_point_summary", start):
+        return f"{key}: not due yet (summary from the scheduled day to {end.isoformat()})"
     out = send_reminders(ctx, "session_point_summary", key, _missing(ctx, "每次课前", ctx.today),
                          "push/session_point_summary.txt", start=start, end=end)
     return out.line(key)

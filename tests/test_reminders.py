@@ -218,7 +218,8 @@ def test_semester_end_reminders_17_and_3_days_before_the_configured_end(
 
     before = len(outbox(session))
     run(reminders.semester_end_reminders, session, catalogue, date(2026, 1, 1), time(18, 0))
-    assert "not due today" in run(reminders.semester_end_reminders, session, catalogue, date(2026, 1, 2))
+    # The days after the occasion only make it up for whoever was not reminded yet: nobody here.
+    assert "queued 0 reminders" in run(reminders.semester_end_reminders, session, catalogue, date(2026, 1, 2))
     assert len(outbox(session)) == before
     assert run(reminders.semester_end_reminders, session, catalogue, date(2026, 1, 15)).startswith(
         "2025-2026-1/D-3: queued ")
@@ -320,6 +321,87 @@ def test_graduation_reminders_only_for_final_year_classes(calendar_college, sess
     run(reminders.graduation_reminders, session, catalogue, date(2026, 3, 15))
     run(reminders.graduation_reminders, session, catalogue, date(2026, 4, 1))
     assert len(outbox(session)) == 4
+
+
+# ── a day missed: made up inside the period, once, never early ───────────────
+
+def queued(job, session, catalogue, day: date) -> tuple[str, list[OutboxMessage]]:
+    """Run a job on `day`; its result and the messages it queued."""
+    before = len(outbox(session))
+    result = run(job, session, catalogue, day)
+    return result, outbox(session)[before:]
+
+
+def test_weekly_reminders_missed_on_friday_go_out_at_the_weekend_but_never_early(college, session, catalogue):
+    for job in (reminders.weekend_reminders, reminders.session_point_summary):
+        # Nothing ran on Friday 21 November; the scheduler's next run is on Saturday.
+        result, rows = queued(job, session, catalogue, date(2025, 11, 22))
+        assert result.startswith("2025-W47: queued ") and rows
+        assert {r.period_key for r in rows} == {"2025-W47"}
+        assert queued(job, session, catalogue, date(2025, 11, 23))[1] == []  # Sunday: nothing twice
+        # A late run on Tuesday does not send the next week's on Tuesday, nor swallow its Friday.
+        result, rows = queued(job, session, catalogue, date(2025, 11, 25))
+        assert "not due yet" in result and rows == []
+        assert {r.period_key for r in queued(job, session, catalogue, date(2025, 11, 28))[1]} == {"2025-W48"}
+
+
+def test_month_end_reminder_missed_goes_out_on_a_later_day_of_the_month_once(college, session, catalogue):
+    # Due on 27 November; the scheduler was down on the 27th and the 28th.
+    result, rows = queued(reminders.month_end_reminders, session, catalogue, date(2025, 11, 29))
+    assert result.startswith("2025-11: queued 3 reminders") and {r.period_key for r in rows} == {"2025-11"}
+    assert set(by_recipient(rows)) == {"wangfang", "xuhong", "heping"}
+    assert "截止 11月30日（周日）" in rows[0].body
+    assert queued(reminders.month_end_reminders, session, catalogue, date(2025, 11, 30))[1] == []
+    result, rows = queued(reminders.month_end_reminders, session, catalogue, date(2025, 12, 1))
+    assert "not due today" in result and rows == []
+
+
+def test_semester_end_occasions_missed_are_made_up_until_the_next_one(calendar_college, session, catalogue):
+    job = reminders.semester_end_reminders
+    # Term 1 ends 18 January: D-17 is 1 January (missed), D-3 is 15 January (missed too).
+    result, rows = queued(job, session, catalogue, date(2026, 1, 5))
+    assert result.startswith("2025-2026-1/D-17: queued ") and rows
+    assert "（还有 13 天）" in rows[0].body  # the days actually left
+    assert queued(job, session, catalogue, date(2026, 1, 6))[1] == []
+    result, late = queued(job, session, catalogue, date(2026, 1, 16))
+    assert result.startswith("2025-2026-1/D-3: queued ") and len(late) == len(rows)
+    assert queued(job, session, catalogue, date(2026, 1, 18))[1] == []
+    # Term 2 ends 10 July: a scheduler down from 23 June (D-17) to 7 July (D-3) sends D-3 once, not both.
+    result, rows = queued(job, session, catalogue, date(2026, 7, 8))
+    assert {r.period_key for r in rows} == {"2025-2026-2/D-3"}
+    assert queued(job, session, catalogue, date(2026, 7, 9))[1] == []
+
+
+def test_first_semester_reminder_a_week_before_the_midpoint_made_up_later(calendar_college, session, root):
+    catalogue = own_documents(root)
+    job = reminders.first_semester_reminders
+    # The midpoint is 9 November; D-7 (2 November) missed.
+    result, rows = queued(job, session, catalogue, date(2025, 11, 5))
+    assert result.startswith("2025-2026-1/D-7: queued 2 reminders") and len(rows) == 2
+    assert queued(job, session, catalogue, date(2025, 11, 6))[1] == []
+    assert {r.period_key for r in queued(job, session, catalogue, date(2025, 11, 9))[1]} == {"2025-2026-1/D-0"}
+    assert "not due" in queued(job, session, catalogue, date(2025, 11, 10))[0]
+
+
+def test_year_start_and_graduation_reminders_missed_on_their_day_go_out_later_in_the_period(
+        calendar_college, session, root):
+    catalogue = own_documents(root)
+    year_start = reminders.year_start_reminders
+    # Monday 8 September missed: Wednesday sends that week's, Thursday nothing, the next Monday anew.
+    result, rows = queued(year_start, session, catalogue, date(2025, 9, 10))
+    assert result.startswith("2025-2026/2025-W37: queued 3 reminders") and len(rows) == 3
+    assert queued(year_start, session, catalogue, date(2025, 9, 11))[1] == []
+    assert len(queued(year_start, session, catalogue, date(2025, 9, 15))[1]) == 3
+
+    calendar_college.se.grade = 2024
+    session.commit()
+    graduation = reminders.graduation_reminders
+    # 1 March missed: the 3rd sends March's; the 15th nothing; 1 April April's.
+    result, rows = queued(graduation, session, catalogue, date(2026, 3, 3))
+    assert result.startswith("2025-2026/2026-03: queued 2 reminders")
+    assert queued(graduation, session, catalogue, date(2026, 3, 15))[1] == []
+    assert {r.period_key for r in queued(graduation, session, catalogue, date(2026, 4, 1))[1]} == \
+        {"2025-2026/2026-04"}
 
 
 # ── bundling within WeCom's limits ───────────────────────────────────────────

@@ -35,6 +35,7 @@ from models.tasks import (
 from scheduler import plan_cycle
 from scheduler.plan_cycle import CycleSettings
 from scheduler.registry import JOBS, JobContext
+from scheduler.runner import run_job
 from tests.chat import make_service, say
 from tests.factories import small_college
 from tests.test_cli import run_bot
@@ -447,10 +448,91 @@ def test_owner_without_wecom_account_is_skipped_and_counted(session, college, ca
 def test_reminder_days_are_configurable(session, college, catalogue, monkeypatch):
     monkeypatch.setattr(plan_cycle, "SETTINGS", dataclasses.replace(plan_cycle.SETTINGS, remind_days_before=5))
     task(session, "1.1", "T001", "T900", DUE)
-    run("task_deadlines", session, catalogue, DUE - timedelta(days=3))
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=6))
     assert outbox(session) == []
     run("task_deadlines", session, catalogue, DUE - timedelta(days=5))
     assert "5天后到期" in outbox(session)[0].body
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=3))
+    assert len(outbox(session)) == 1
+
+
+# The scheduler was down on the day a rule fires: the job, run later, sends what is owed, once,
+# and the next one counts from what was actually queued.
+
+
+def at(day: date, clock: time = time(8, 20)) -> datetime:
+    return datetime.combine(day, clock, TZ)
+
+
+def test_a_task_first_seen_two_days_overdue_is_supervised_now_then_a_week_after_that(
+        session, college, db_url, redis_url):
+    t = task(session, "1.1", "T001", "T900", DUE)
+    svc = make_service(db_url, DUE + timedelta(days=2), redis_url)
+    # Nothing ran on DUE + 1, the first overdue day; the scheduler's next run is a day late.
+    first = run_job(svc, "task_deadlines", at(DUE + timedelta(days=2)))
+    assert first.status == "ok" and "督办通知" in first.result
+    msgs = by_recipient(outbox(session))
+    assert set(msgs) == {"wujun", "wangfang"}
+    assert msgs["wujun"].body.startswith("【督办通知】吴军老师") and "【已逾期2天】" in msgs["wujun"].body
+    assert msgs["wangfang"].body.startswith("【督办通知】王芳老师") and "【已逾期2天】" in msgs["wangfang"].body
+    run_job(svc, "task_deadlines", at(DUE + timedelta(days=2), time(15, 0)))  # twice on one day
+    for days in range(3, 9):  # day 8 is not a 督办 day for this task: its first one went out on day 2
+        run_job(svc, "task_deadlines", at(DUE + timedelta(days=days)))
+    assert len(outbox(session)) == 2
+    run_job(svc, "task_deadlines", at(DUE + timedelta(days=9)))  # a week after the last one
+    again = outbox(session)[2:]
+    assert {m.recipient for m in again} == {"wujun", "wangfang"}
+    assert all("【已逾期9天】" in m.body and m.period_key == "2026-05-29" for m in again)
+    run_job(svc, "task_deadlines", at(DUE + timedelta(days=10)))
+    assert len(outbox(session)) == 4
+    # The task's history says when 督办 went out, and to whom.
+    detail = say(svc, "wujun", f"任务 #{t.id}")
+    assert "05-29 督办通知：发给吴军" in detail and "05-22 督办通知：发给王芳" in detail
+
+
+def test_a_task_imported_overdue_after_the_days_run_is_supervised_to_each_person_once_and_weekly(
+        session, college, catalogue):
+    day = DUE + timedelta(days=10)
+    task(session, "1.1", "T001", None, day)
+    assert "1 reminders" in run("task_deadlines", session, catalogue, day)  # 王芳: due today
+    late = task(session, "1.2", "T001", "T900", DUE)  # imported at 11:00, ten days overdue
+    run("task_deadlines", session, catalogue, day, time(11, 0))
+    [wu] = outbox(session)[1:]
+    assert wu.recipient == "wujun" and f"#{late.id}〔1.2〕" in wu.body and "【已逾期10天】" in wu.body
+    # 王芳 had her message of the day already: her 督办通知 for 1.2 comes on the next run.
+    run("task_deadlines", session, catalogue, day + timedelta(days=1))
+    [wang] = outbox(session)[2:]
+    assert wang.recipient == "wangfang" and "你负责的任务已逾期" in wang.body
+    assert f"#{late.id}〔1.2〕" in wang.body and "【已逾期11天】" in wang.body
+    for days in range(2, 7):
+        run("task_deadlines", session, catalogue, day + timedelta(days=days))
+    assert len(outbox(session)) == 3
+    # Each person's next one comes a week after their last.
+    run("task_deadlines", session, catalogue, day + timedelta(days=7))
+    assert [m.recipient for m in outbox(session)[3:]] == ["wujun"]
+    run("task_deadlines", session, catalogue, day + timedelta(days=8))
+    assert [m.recipient for m in outbox(session)[3:]] == ["wujun", "wangfang"]
+
+
+def test_a_missed_early_reminder_goes_out_on_a_later_day_before_the_due_day_once(session, college, catalogue):
+    a = task(session, "1.1", "T001", "T900", DUE)
+    b = task(session, "1.2", "T001", "T900", DUE + timedelta(days=1))
+    # Nothing ran on DUE - 3 (1.1's reminder day) nor on DUE - 2 (1.2's).
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=1))
+    [m] = outbox(session)
+    assert m.recipient == "wangfang" and m.body.startswith("【任务提醒】")
+    assert f"1天后到期：\n#{a.id}〔1.1〕" in m.body and f"2天后到期：\n#{b.id}〔1.2〕" in m.body
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=1), time(17, 0))
+    run("task_deadlines", session, catalogue, DUE)
+    [today] = outbox(session)[1:]
+    assert f"今天到期：\n#{a.id}〔1.1〕" in today.body and "天后到期" not in today.body
+    # A task first seen on its due day gets the due-day reminder only, one past it the 督办通知.
+    c = task(session, "1.3", "T002", None, DUE + timedelta(days=1))
+    d = task(session, "1.4", "T002", None, DUE)
+    run("task_deadlines", session, catalogue, DUE + timedelta(days=1))
+    chen = by_recipient(outbox(session)[2:])["chenjing"].body
+    assert f"今天到期：\n#{c.id}〔1.3〕" in chen and f"#{d.id}〔1.4〕" in chen.split("你负责的任务已逾期")[1]
+    assert "天后到期" not in chen
 
 
 # ---------------------------------------------------------------- plan_documents (table 15)
@@ -597,6 +679,47 @@ def test_outcome_review_in_january_then_carry_over(session, cycle_tasks, catalog
     assert session.scalar(select(func.count(PlanTask.id))) == 5
     assert [t.code for t in rectification_list(session, 2026)] == ["1.2-整改", "2.1-整改"]
     assert "not in the 事后 window" in run("outcome_review", session, catalogue, date(2027, 2, 10))
+
+
+def test_plan_cycle_steps_missed_on_their_day_go_out_on_the_next_run_inside_their_window(
+        session, cycle_tasks, catalogue):
+    def queued(job_name: str, day: date) -> list[OutboxMessage]:
+        before = len(outbox(session))
+        run(job_name, session, catalogue, day)
+        return outbox(session)[before:]
+
+    # 事前: nothing ran from 1 to 3 March; the 4 March run asks for the plans, the next day adds nothing.
+    assert {(m.recipient, m.period_key) for m in queued("plan_submission", date(2026, 3, 4))} == {
+        ("wangfang", "2026-start"), ("chenjing", "2026-start"), ("wujun", "2026-start")}
+    assert queued("plan_submission", date(2026, 3, 5)) == []
+    # 事中: the check-in day (the 5th) missed; the 8th sends May's, the 9th nothing, June's on time.
+    assert {(m.recipient, m.period_key) for m in queued("progress_checkin", date(2026, 5, 8))} == {
+        ("wangfang", "2026-05"), ("chenjing", "2026-05")}
+    assert queued("progress_checkin", date(2026, 5, 9)) == []
+    assert len(queued("progress_checkin", date(2026, 6, 5))) == 2
+    # 事后: the request (5 January) made up on the 9th; the carry-over (31 January) on 3 February.
+    assert {m.period_key for m in queued("outcome_review", date(2027, 1, 9))} == {"2026-start"}
+    assert queued("outcome_review", date(2027, 1, 10)) == []
+    carried = queued("outcome_review", date(2027, 2, 3))
+    assert {m.purpose for m in carried} == {"rectification"} and len(carried) == 3
+    assert "1.1-整改" in tasks_by_code(session)
+    assert queued("outcome_review", date(2027, 2, 4)) == []
+
+
+def test_a_plan_submission_missed_until_the_last_call_sends_the_last_call_only(session, cycle_tasks, catalogue):
+    run("plan_submission", session, catalogue, date(2026, 3, 28))
+    assert {m.period_key for m in outbox(session)} == {"2026-last"} and len(outbox(session)) == 3
+    run("plan_submission", session, catalogue, date(2026, 3, 29))
+    assert len(outbox(session)) == 3
+
+
+def test_plan_documents_missed_on_monday_go_out_later_that_week(session, college, catalogue):
+    run("plan_documents", session, catalogue, date(2025, 9, 10), time(9, 10))  # a Wednesday
+    assert len(outbox(session)) == 5 and {m.period_key for m in outbox(session)} == {"2025-W37"}
+    run("plan_documents", session, catalogue, date(2025, 9, 11), time(9, 10))
+    assert len(outbox(session)) == 5
+    run("plan_documents", session, catalogue, date(2025, 9, 15), time(9, 10))
+    assert len(outbox(session)) == 10
 
 
 def test_carried_task_is_closed_in_chat_and_a_second_carry_gets_a_new_code(svc, session, today):
