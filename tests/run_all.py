@@ -1,7 +1,8 @@
 """`make test`: the whole suite on SQLite, then again on PostgreSQL + Redis.
 
 The second pass uses a fresh database (dropped and created here) and Redis db 15.
-Without a reachable PostgreSQL or Redis it says plainly that the pass was skipped.
+Without a reachable PostgreSQL or Redis it says plainly that the pass was skipped; in CI (the
+environment has CI set) that is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def main() -> int:
         env = dict(base, TEST_DATABASE_URL=fresh_database(),
                    TEST_REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/15")
         failed |= pytest(env, "pass 2: PostgreSQL + Redis")
+    elif os.environ.get("CI"):
+        print("\n===== pass 2: PostgreSQL + Redis FAILED — PostgreSQL (127.0.0.1:5432) or Redis "
+              "(127.0.0.1:6379) is not reachable, and in CI this pass may not be skipped. =====")
+        failed = 1
     else:
         print("\n===== pass 2: PostgreSQL + Redis SKIPPED — PostgreSQL (127.0.0.1:5432) or Redis "
               "(127.0.0.1:6379) is not reachable on this machine. Only SQLite was tested. =====")
