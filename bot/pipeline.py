@@ -101,7 +101,8 @@ def _dispatch(service: Service, work: UnitOfWork, msg: IncomingMessage, key: str
     if not text:
         return Reply(render("chat/empty.txt"))
     ctx = Context(work=work, actor=actor, catalogue=service.catalogue, today=service.today(), msg=msg,
-                  settings=service.settings, directory=directory, processed_key=key)
+                  settings=service.settings, directory=directory, processed_key=key,
+                  quick_reply=service.background)
     found = registry.resolve(text)
     if found is not None:
         cmd, args = found

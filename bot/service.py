@@ -32,6 +32,7 @@ class Service:
         self.dedupe = make_dedupe(self.settings.redis_url)
         self.directory = DirectoryCache(self.settings.roster_cache_seconds)
         self._clock = clock
+        self.background = background  # a web process: replies within WeChat's 5 s, slow work later
         self.evaluator = Evaluator(self.evaluate_queued, background)
 
     def now(self) -> datetime:

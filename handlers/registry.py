@@ -62,6 +62,8 @@ class Context:
     settings: Settings
     directory: Directory
     processed_key: str | None = None  # the key of the message's processed row (None: not deduplicated)
+    # The channel answers within a time limit (WeChat's 5 s): slow work is queued, its result pushed.
+    quick_reply: bool = False
 
     @property
     def session(self) -> Session:

@@ -105,7 +105,8 @@ class ConnectionLost(Exception):
 
 
 # Taken one by one in the array's (ascending) order: two writers never wait on each other crosswise.
-_LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(%(keys)s::bigint[]) AS k) AS keys"
+# (In psycopg's parameter style; SQLAlchemy's text() gets it with :keys.)
+_LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(%(keys)s AS bigint[])) AS k) AS keys"
 
 
 def advisory_key(text: str) -> int:
@@ -120,7 +121,7 @@ def lock_keys(session: Session, keys: Iterable[str]) -> None:
         return
     ordered = sorted({advisory_key(k) for k in keys})
     if ordered:
-        session.execute(text(_LOCK_KEYS), {"keys": ordered})
+        session.execute(text(_LOCK_KEYS.replace("%(keys)s", ":keys")), {"keys": ordered})
 
 
 class StatementConnections:

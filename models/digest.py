@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, aliased
 
 from bot.templating import render
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.digest_values import EMPTY, Scores, begin_standing
+from models.digest_values import EMPTY, Scores, begin_standing, state_header
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
 from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import (
@@ -202,6 +202,23 @@ def _zone():  # noqa: ANN202 - a tzinfo
     from models.risk import local_zone
 
     return local_zone()
+
+
+# The delta a state-merged digest reads grows with the state's age: one or two weeks of entries
+# is the weekly job's own case (bench/college.py: about a second at 15,000 students).
+QUICK_STATE_DAYS = 14
+
+
+def overview_is_quick(session: Session, catalogue: Catalogue, cal: Calendar, today: date) -> bool:
+    """Whether the digest as of `today` is merged from a recent state (or, in a semester's first
+    week, reads that week alone) rather than computed from every entry of the semester: the
+    difference between about a second and about ten at college scale."""
+    week = digest_week(today, cal)
+    term, day = compared_with(week, cal)
+    if term.key != week.term.key:
+        return True
+    header = state_header(session, catalogue, week.term, day)  # as begin_standing looks it up
+    return header is not None and (day - header[0].cutoff).days <= QUICK_STATE_DAYS
 
 
 def compared_with(week: DigestWeek, cal: Calendar) -> tuple[Term, date]:

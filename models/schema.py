@@ -270,6 +270,18 @@ class OutboxCall(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class OverviewRequest(Base):
+    """A `本周概况` that could not be computed inside the callback (no recent digest state: it would
+    take longer than WeChat waits): answered at once that it is coming, pushed when built."""
+
+    __tablename__ = "overview_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id"))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class PlanTask(Base):
     """A task of the 任务分解表 (plan cycle), with owner (负责人) and supervisor (督办人)."""
 

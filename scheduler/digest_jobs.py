@@ -15,13 +15,18 @@ advises against sending on the hour or half hour).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
-from models.digest import PURPOSE, build_college, digest_context, recipients, render_markdown
+from models.catalogue import Catalogue
+from models.digest import PURPOSE, build_college, digest_context, recipients, render_markdown, render_text
 from models.outbox import enqueue
-from models.schema import OutboxMessage
+from models.schema import OutboxMessage, OverviewRequest, Staff, utcnow
+from models.scores import load_calendar
 from scheduler.registry import JobContext, job, parse_schedule
 
 try:
@@ -85,3 +90,31 @@ def weekly_digest(ctx: JobContext) -> str:
 
         key = digest_week(ctx.today, ctx.calendar).key
     return tally.line(key)
+
+
+OVERVIEW_PURPOSE = "weekly_overview"
+
+
+def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalogue, today: date) -> int:
+    """Build the digest once for every `本周概况` still waiting (handlers/digest.py queued it when a
+    callback could not wait for it) and queue each asker's slice as a push; the request is closed in
+    the same transaction, so a rerun or a second scheduler answers nothing twice. Returns how many."""
+    with sessions() as session:
+        query = select(OverviewRequest).where(OverviewRequest.done_at.is_(None)).order_by(OverviewRequest.id)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        waiting = list(session.scalars(query))
+        if not waiting:
+            return 0
+        data = build_college(session, catalogue, load_calendar(session), today)
+        people = {p.staff_id: p for p in recipients(session)}
+        accounts = dict(session.execute(select(Staff.id, Staff.wecom_userid).where(
+            Staff.id.in_([r.staff_id for r in waiting]))).all())
+        for request in waiting:
+            person, userid = people.get(request.staff_id), accounts.get(request.staff_id)
+            if person is not None and userid:
+                enqueue(session, userid, OVERVIEW_PURPOSE, f"request-{request.id}",
+                        render_text(digest_context(data, person.department_id)))
+            request.done_at = utcnow()
+        session.commit()
+        return len(waiting)

@@ -214,6 +214,39 @@ def test_weekly_overview_in_chat(demo, session, db_url, redis_url):
     assert "仅限教职工" in student
 
 
+def test_a_cold_overview_in_a_callback_is_answered_at_once_and_pushed_when_built(demo, session, db_url, redis_url):
+    """Without a recent digest state the digest is built from every entry of the semester (about
+    10 s at college scale): a web process (WeChat waits 5 s) answers at once and the scheduler's
+    next delivery round builds it and queues it to the asker, once; the console computes it inline."""
+    from models.schema import OverviewRequest
+    from scheduler.digest_jobs import OVERVIEW_PURPOSE, answer_overview_requests
+
+    wednesday = date(2025, 11, 26)
+    inline = say(make_service(db_url, wednesday, redis_url), "wujun", "本周概况")
+    web = make_service(db_url, wednesday, redis_url)
+    web.background = True  # as create_app builds it for gunicorn
+    first = say(web, "wujun", "本周概况")
+    assert "推送" in first and "储值卡周报" not in first
+    assert "推送" in say(web, "zhengyuan", "本周概况")
+    assert len(session.scalars(select(OverviewRequest)).all()) == 2
+
+    assert answer_overview_requests(web.sessions, web.catalogue, wednesday) == 2
+    assert answer_overview_requests(web.sessions, web.catalogue, wednesday) == 0  # nothing twice
+    session.expire_all()
+    pushed = {m.recipient: m.body for m in session.scalars(
+        select(OutboxMessage).where(OutboxMessage.purpose == OVERVIEW_PURPOSE))}
+    assert pushed["wujun"] == inline
+    assert pushed["zhengyuan"].startswith("储值卡周报 · 全院")
+
+    # Once a Monday job has left the state this digest merges from (as of the Sunday before the
+    # week it reports on: last Monday's run), the same web process answers inline.
+    run(db_url, redis_url, day=MONDAY - timedelta(days=7))
+    warm = say(web, "wujun", "本周概况")
+    assert warm == inline
+    session.expire_all()
+    assert len(session.scalars(select(OverviewRequest)).all()) == 2
+
+
 def test_department_head_by_role_only(demo, session, db_url, redis_url):
     """A 系部主任 known by 角色 and 系部 (the 系部 sheet names nobody) gets their department."""
     em = session.scalar(select(Department).where(Department.name == "经济管理系"))
