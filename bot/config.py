@@ -43,6 +43,7 @@ class Settings:
     mp_api_base: str | None = None
     catalogue_path: Path = field(default=ROOT / "models" / "catalogue.toml")
     roster_cache_seconds: float = 30.0
+    outbox_claim_seconds: float = 120.0  # a claimed outbox row not finished within this is taken up again
     production: bool = False
 
     @property
@@ -97,6 +98,8 @@ def load_settings(overrides: dict | None = None) -> Settings:
     )
     if _env("ROSTER_CACHE_SECONDS"):
         values["roster_cache_seconds"] = float(_env("ROSTER_CACHE_SECONDS"))
+    if _env("OUTBOX_CLAIM_SECONDS"):
+        values["outbox_claim_seconds"] = float(_env("OUTBOX_CLAIM_SECONDS"))
     if _env("CATALOGUE_PATH"):
         values["catalogue_path"] = Path(_env("CATALOGUE_PATH"))
     values.update(overrides or {})

@@ -10,6 +10,7 @@ from typing import TextIO
 from bot.messages import IncomingMessage
 from bot.pipeline import handle_message
 from bot.service import Service
+from scheduler.delivery import show_pushes
 
 PROMPT = "> "
 
@@ -66,6 +67,7 @@ def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout
         reply = handle_message(service, msg)
         if reply.text:
             print(reply.text, file=stdout)
+        show_pushes(service, userid, stdout)  # what was pushed to this person meanwhile, marked 【推送】
         if not interactive:
             print(file=stdout)
         stdout.flush()

@@ -32,6 +32,9 @@ TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refr
 BACKOFF_ERRORS = frozenset({45009, 45033, -1})  # rate limited or busy: try later
 MAX_RECIPIENTS = 1000
 MAX_TEXT_BYTES = 2048
+# message/send's duplicate check: content a member received within this many seconds is not
+# delivered to them again (`duplicate_check_interval`, at most 4 hours).
+DUPLICATE_CHECK_MAX_S = 4 * 3600
 REFRESH_MARGIN_S = 300  # a token this close to expiry is refreshed before use
 LOCK_TTL_S = 15  # longer than one gettoken call with its timeout
 PEER_WAIT_S = 8.0  # how long a process waits for another one's refresh
@@ -215,4 +218,6 @@ class WeComAPI:
             "agentid": int(agent) if agent.isdigit() else agent,
             "text": {"content": content},
             "safe": 0,
+            "enable_duplicate_check": 1,
+            "duplicate_check_interval": DUPLICATE_CHECK_MAX_S,
         })

@@ -221,7 +221,7 @@ class OutboxMessage(Base):
     title: Mapped[str | None] = mapped_column(String(128))
     body: Mapped[str] = mapped_column(Text)
     url: Mapped[str | None] = mapped_column(String(500))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|inflight|sent|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: due now
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

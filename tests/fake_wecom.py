@@ -13,7 +13,17 @@ and fails on demand:
 
 Like WeCom, it silently drops what exceeds 30 messages a minute or 1000 an hour
 per member (errcode 0 all the same); `received` holds what was delivered and
-`dropped` what was not.
+`dropped` what was not. Like WeCom's duplicate check, a message/send with
+`enable_duplicate_check: 1` does not deliver to a member content that member
+received within `duplicate_check_interval` seconds (default 1800, at most
+4 hours); errcode 0 all the same, the suppressed content is in `duplicates`.
+
+To crash a caller after WeCom took its message, hold the answer:
+
+    fake.hold_next(path="message/send")   # the next call is delivered, its answer held
+    fake.wait_held()                      # True once a call is delivered and waiting
+    ... kill the caller ...
+    fake.release()                        # answer (to nobody) and go on
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ MAX_TEXT_BYTES = 2048
 MAX_TITLE_BYTES = 128
 MAX_DESCRIPTION_BYTES = 512
 PER_MINUTE, PER_HOUR = 30, 1000
+DUPLICATE_CHECK_DEFAULT_S, DUPLICATE_CHECK_MAX_S = 1800, 4 * 3600
+HOLD_MAX_S = 60.0  # a held answer is given up after this even if nobody releases it
 
 ERRMSG = {
     0: "ok",
@@ -75,6 +87,7 @@ class Fault:
     http_status: int | None = None
     delay: float = 0.0
     path: str | None = None  # None: any endpoint
+    hold: bool = False  # process the call, then hold its answer until release()
 
 
 class FakeWeCom:
@@ -91,7 +104,11 @@ class FakeWeCom:
         self.tokens: dict[str, float] = {}  # token -> expires at (time.time())
         self.received: dict[str, list[str]] = defaultdict(list)  # userid -> delivered contents
         self.dropped: dict[str, list[str]] = defaultdict(list)  # userid -> silently dropped contents
+        self.duplicates: dict[str, list[str]] = defaultdict(list)  # userid -> contents the duplicate check kept back
         self._deliveries: dict[str, list[float]] = defaultdict(list)
+        self._delivered: dict[str, list[tuple[str, float]]] = defaultdict(list)  # userid -> (content key, at)
+        self._held = threading.Semaphore(0)  # one per call delivered whose answer is held
+        self._release = threading.Event()
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -149,6 +166,20 @@ class FakeWeCom:
         with self._lock:
             self._faults.extend(Fault(errcode, http_status, delay, path) for _ in range(count))
 
+    def hold_next(self, count: int = 1, *, path: str | None = "message/send") -> None:
+        """Deliver the next `count` calls (to `path`) as usual but hold their answers until `release()`."""
+        with self._lock:
+            self._release.clear()
+            self._faults.extend(Fault(path=path, hold=True) for _ in range(count))
+
+    def wait_held(self, timeout: float = 30.0) -> bool:
+        """Wait until a held call has been processed (delivered) and is waiting to answer."""
+        return self._held.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        """Let every held answer go (to a caller that may be gone)."""
+        self._release.set()
+
     def expire_tokens(self) -> None:
         """Every token issued so far is now expired (42001)."""
         with self._lock:
@@ -188,7 +219,7 @@ class FakeWeCom:
             fault = next((f for f in self._faults if f.path in (None, path)), None)
             if fault is not None:
                 self._faults.remove(fault)
-        if fault is not None:
+        if fault is not None and not fault.hold:
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.http_status is not None:
@@ -205,6 +236,9 @@ class FakeWeCom:
             self._send(http, 404, b"not found", "text/plain")
             return
         call.accepted = result.get("errcode") == 0
+        if fault is not None and fault.hold:
+            self._held.release()
+            self._release.wait(HOLD_MAX_S)
         self._json(http, result)
 
     @staticmethod
@@ -258,9 +292,19 @@ class FakeWeCom:
             return refused
         invalid = [u for u in users if self.known_users is not None and u not in self.known_users]
         now = time.time()
+        check = str(body.get("enable_duplicate_check", 0)) == "1"
+        try:
+            interval = float(body.get("duplicate_check_interval") or DUPLICATE_CHECK_DEFAULT_S)
+        except (TypeError, ValueError):
+            return self._error(47001, "duplicate_check_interval")
+        interval = min(interval, DUPLICATE_CHECK_MAX_S)
+        key = f"{body.get('msgtype')}:{content}"
         with self._lock:
             for user in users:
                 if user in invalid:
+                    continue
+                if check and any(k == key and now - at < interval for k, at in self._delivered[user]):
+                    self.duplicates[user].append(content)  # WeCom's duplicate check: not delivered again
                     continue
                 recent = [t for t in self._deliveries[user] if now - t < 3600]
                 if sum(1 for t in recent if now - t < 60) >= PER_MINUTE or len(recent) >= PER_HOUR:
@@ -268,6 +312,8 @@ class FakeWeCom:
                 else:
                     recent.append(now)
                     self.received[user].append(content)
+                    self._delivered[user] = [(k, at) for k, at in self._delivered[user]
+                                             if now - at < DUPLICATE_CHECK_MAX_S] + [(key, now)]
                 self._deliveries[user] = recent
         return {"errcode": 0, "errmsg": "ok", "invaliduser": "|".join(invalid),
                 "msgid": secrets.token_hex(12)}
