@@ -153,9 +153,17 @@ def register_cli(app: Flask) -> None:
     @app.cli.command("scheduler")
     def scheduler_command() -> None:
         """The scheduler process: exactly one is active, others wait as standbys."""
+        import signal
+        import threading
+
         from scheduler.runner import run_scheduler
 
-        run_scheduler(cli_service())
+        service = cli_service()
+        stop = threading.Event()
+        # SIGTERM or Ctrl-C: finish the running job, let the lease go (a standby takes over at once).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        run_scheduler(service, stop)
 
     @app.cli.group("jobs")
     def jobs() -> None:
@@ -167,14 +175,19 @@ def register_cli(app: Flask) -> None:
         from scheduler.registry import JOBS
         from scheduler.runner import last_runs
 
-        runs = last_runs(cli_service())
+        service = cli_service()
+        runs = last_runs(service)
+
+        def local(at: datetime) -> datetime:  # PostgreSQL answers in UTC; SQLite keeps the wall time it was given
+            return at.astimezone(service.tz) if at.tzinfo else at
+
         for name, job in sorted(JOBS.items()):
             run = runs.get(name)
-            last = (f"{run.as_of:%Y-%m-%d %H:%M} {run.status}: {run.result or ''}" if run else "never run")
+            last = (f"{local(run.as_of):%Y-%m-%d %H:%M} {run.status}: {run.result or ''}" if run else "never run")
             click.echo(f"{name:<26} {job.schedule:<40} {last}")
         beat = runs.get("heartbeat")
         click.echo(f"{'scheduler':<26} {'(the active process)':<40} "
-                   + (f"alive at {beat.as_of:%Y-%m-%d %H:%M} as {beat.result}" if beat else "not seen yet"))
+                   + (f"alive at {local(beat.as_of):%Y-%m-%d %H:%M} as {beat.result}" if beat else "not seen yet"))
 
     @jobs.command("run")
     @click.argument("name")
@@ -230,10 +243,32 @@ def register_cli(app: Flask) -> None:
             click.echo(f"#{r.id} {r.recipient} {r.purpose} {r.period_key}: {r.last_error}")
         click.echo(f"共 {len(rows)} 条发送失败。")
 
+    @outbox.command("retry")
+    @click.option("--id", "ids", type=int, multiple=True, help="Only this failed message (repeatable).")
+    def outbox_retry(ids: tuple[int, ...]) -> None:
+        """Queue failed messages (all, or the given --id) again for delivery, attempts reset."""
+        from scheduler.delivery import retry_failed
+
+        with cli_service().sessions() as session:
+            count = retry_failed(session, list(ids) or None)
+        click.echo(f"已重新排队 {count} 条消息，将在下次投递时发送。")
+
     @app.cli.command("serve")
     @click.option("--host", default="127.0.0.1")
     @click.option("--port", default=8000, type=int)
     def serve(host: str, port: int) -> None:
-        """Development server (production: gunicorn 'bot:create_app()')."""
+        """A web server in the foreground, every route, until Ctrl-C or SIGTERM (production: gunicorn
+        'bot:create_app()')."""
+        import signal
+
+        from werkzeug.serving import run_simple
+
         cli_service()  # the schema must be current
-        current_app.run(host=host, port=port, use_reloader=False)
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # werkzeug's serve_forever ends on it and closes the socket
+
+        # Not app.run(): under a FlaskGroup (FLASK_RUN_FROM_CLI) it returns at once without serving.
+        signal.signal(signal.SIGTERM, stop)
+        run_simple(host, port, current_app._get_current_object(), threaded=True, use_reloader=False)
+        click.echo("服务已停止。")
