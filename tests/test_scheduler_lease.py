@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -34,6 +33,7 @@ from scheduler.runner import (
 )
 from tests.chat import make_service
 from tests.factories import small_college
+from tests.test_scheduler import wait_for
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = date(2025, 11, 24)
@@ -179,13 +179,6 @@ def lease_table_locked(engine, db_url):
         conn.close()
 
 
-def wait_for(predicate, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_scheduler_that_cannot_renew_stands_down_and_takes_the_lease_again_later(

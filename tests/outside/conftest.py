@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -94,12 +93,6 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 def scalar(engine: Engine, sql: str) -> object:
     with engine.connect() as conn:
         return conn.execute(text(sql)).scalar()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

@@ -13,16 +13,8 @@ import pytest
 
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, scalar
 from tests.test_excel import card_rows
+from tests.test_roster import HEADERS  # PRODUCT.md §5: the roster workbook's sheets and headers
 
-# PRODUCT.md §5: the roster workbook's sheets and headers.
-ROSTER_HEADERS = {
-    "系部": ["系部名称", "系部主任工号"],
-    "班级": ["班级编号", "班级名称", "系部", "年级", "班主任工号", "辅导员工号"],
-    "教职工": ["工号", "姓名", "企业微信账号", "角色", "系部"],
-    "学生": ["学号", "姓名", "班级编号", "企业微信账号"],
-    "任课": ["工号", "班级编号", "课程"],
-    "校历": ["学年", "学期", "开始日期", "结束日期"],
-}
 ROSTER = {
     "系部": [["网络工程系", "T010"]],
     "教职工": [["T010", "李主任", "lizhuren", "系部主任", "网络工程系"],
@@ -56,7 +48,7 @@ def reply_starting(out: str, head: str) -> str:
 
 
 def roster_workbook(path: Path, rows: dict[str, list[list]]) -> Path:
-    return workbook(path, {name: (ROSTER_HEADERS[name], data) for name, data in rows.items()})
+    return workbook(path, {name: (HEADERS[name], data) for name, data in rows.items()})
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +68,8 @@ def test_db_upgrade_then_roster_template_then_import_all_or_nothing(env, db, fil
     template = files / "名册模板.xlsx"
     assert str(template) in ok(bot(env, "roster", "template", str(template)))
     wb = openpyxl.load_workbook(template)
-    assert wb.sheetnames == list(ROSTER_HEADERS)
-    assert {name: [c.value for c in wb[name][1]] for name in wb.sheetnames} == ROSTER_HEADERS
+    assert wb.sheetnames == list(HEADERS)
+    assert {name: [c.value for c in wb[name][1]] for name in wb.sheetnames} == HEADERS
     assert all(wb[name].max_row == 1 for name in wb.sheetnames)  # headers only
 
     bad_rows = {**ROSTER, "学生": [*ROSTER["学生"], [2025010104, "何四", "NET9999", None]]}

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from bot.cli import upgrade_database
 from models.db import make_engine, make_sessionmaker
 from tests.factories import small_college
-from tests.outside.conftest import bot_env, free_port, scalar, web_process
+from tests.outside.conftest import bot_env, scalar, web_process
+from tests.processes import free_port
 from tests.test_wecom import SAMPLE, WeComSender, text_xml
 
 # WeCom's published sample app: its URL verification is what WeCom itself sent to a real server.
