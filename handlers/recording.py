@@ -6,6 +6,7 @@ is recorded, and the reply names every bad line.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +20,7 @@ from models.authz import may_record, recordable_classes
 from models.catalogue import ScorePoint
 from models.directory import ClassInfo, Directory, StudentInfo
 from models.evaluation import needs_evaluation
+from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
 from models.periods import PREVIOUS_WORDS, PeriodError, period_label, place
 from models.schema import RecordingBatch, SchoolClass, ScoreEntry, Student
 from models.scores import (
@@ -96,9 +98,11 @@ def parse_value(point: ScorePoint, token: str | None) -> float:
             return 0.0
         raise LineError(f"{point.short}请填“已提交”或“未提交”")
     if not NUMBER.match(token):
-        raise LineError(f"“{token}”不是数值")
+        raise LineError(f"“{shown(token)}”不是数值")
     percent = token.endswith("%")
     value = float(token.rstrip("%"))
+    if not math.isfinite(value):  # digits enough to overflow a float: no count or score is that large
+        raise LineError(f"“{shown(token)}”太大，不是有效的数值")
     if point.kind == "count":
         if percent or value != int(value) or not 1 <= value <= MAX_COUNT:
             raise LineError(f"{point.short}是次数，请填 1–{MAX_COUNT} 的整数（不填即 1 次）")
@@ -108,7 +112,7 @@ def parse_value(point: ScorePoint, token: str | None) -> float:
     lo, hi = point.range
     if not lo <= value <= hi:
         unit = "%" if point.kind == "rate" else ""
-        raise LineError(f"{point.short}应在 {lo:g}{unit}–{hi:g}{unit} 之间，收到 {token}")
+        raise LineError(f"{point.short}应在 {lo:g}{unit}–{hi:g}{unit} 之间，收到 {shown(token)}")
     return value
 
 
@@ -381,9 +385,12 @@ def undo(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     assert actor.staff_id is not None
     number = args.lstrip("#").strip()
     if number:
-        if not number.isdigit():
+        if not is_digits(number):
             return Reply(render("chat/undo_usage.txt"))
-        entry = session.get(ScoreEntry, int(number))
+        entry_id = row_id(number)
+        if entry_id is None:
+            return Reply(render("chat/bad_number.txt", number=shown(number), max=ROW_ID_MAX, command="撤销"))
+        entry = session.get(ScoreEntry, entry_id)
         if entry is None or entry.recorder_id != actor.staff_id:
             return Reply(render("chat/undo_not_found.txt", number=number))
         if entry.revoked_at is not None:

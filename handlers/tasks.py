@@ -9,6 +9,7 @@ from sqlalchemy import select
 from bot.messages import IncomingMessage, Reply
 from bot.templating import render
 from handlers.registry import Context, clean_text, registry
+from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
 from models.outbox import enqueue
 from models.schema import PlanTask, PlanTaskUpdate, utcnow
 from models.tasks import (
@@ -60,8 +61,18 @@ def _reply(template: str, **context: object) -> Reply:
     return Reply(render(f"chat/{template}.txt", **context))
 
 
+def _bad_ref(ref: str) -> Reply | None:
+    """The reply to a `#N` whose N is too large (or zero) to be any task's number."""
+    number = ref.lstrip("#").strip()
+    if ref.startswith("#") and is_digits(number) and row_id(number) is None:
+        return _reply("bad_number", number=shown(number), max=ROW_ID_MAX, command="任务")
+    return None
+
+
 def _resolve(ctx: Context, ref: str, command: str) -> PlanTask | Reply:
     """The task the sender owns, or the reply saying why not."""
+    if (bad := _bad_ref(ref)) is not None:
+        return bad
     task = find_task(ctx.session, ref, ctx.actor.staff_id)
     if task is None:
         return _reply("task_not_found", ref=ref.lstrip("#"))
@@ -101,6 +112,8 @@ def tasks_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
 
 
 def _detail(ctx: Context, ref: str) -> Reply:
+    if (bad := _bad_ref(ref)) is not None:
+        return bad
     task = find_task(ctx.session, ref, ctx.actor.staff_id)
     if task is None or ctx.actor.staff_id not in (task.owner_id, task.supervisor_id):
         return _reply("task_not_found", ref=ref.lstrip("#"))

@@ -16,13 +16,14 @@ from handlers.registry import Context, registry
 from models import risk
 from models.authz import Actor, student_view, viewable_classes
 from models.catalogue import ROLES, normalise
+from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
 from models.schema import RiskWarning, Staff, Student
 
 log = logging.getLogger(__name__)
 
 LIST_LIMIT = 10  # warnings listed in one reply (the rest: "…另有 N 条")
 NOTE_LIMIT = 300  # characters of a 说明 kept in a message
-ACTION_ARGS = re.compile(r"^#?\s*(\d+)\s*(.*)$", re.S)
+ACTION_ARGS = re.compile(r"^#?\s*([0-9]+)\s*(.*)$", re.S)
 EVENT_WORDS = {
     "opened": "开启", "raised": "升级", "evidence": "新证据", "flagged": "人工反映",
     "escalated": "督办", "handled": "处理", "false_alarm": "误报",
@@ -31,6 +32,11 @@ EVENT_WORDS = {
 
 def _reply(template: str, **context: object) -> Reply:
     return Reply(risk.fit(render(f"chat/{template}.txt", **context)))
+
+
+def _bad_number(number: str, command: str) -> Reply:
+    """The reply to a #N too large (or zero) to name any warning."""
+    return _reply("bad_number", number=shown(number), max=ROW_ID_MAX, command=command)
 
 
 def _person(ctx: Context, class_id: int | None = None) -> risk.Person:
@@ -50,8 +56,11 @@ def warnings_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     if not args:
         return _list(ctx)
     single = args.replace("# ", "#").split()
-    if len(single) == 1 and single[0].lstrip("#").isdigit():
-        return _detail(ctx, int(single[0].lstrip("#")))
+    if len(single) == 1 and is_digits(single[0].lstrip("#")):
+        number = row_id(single[0])
+        if number is None:
+            return _bad_number(single[0].lstrip("#"), "预警")
+        return _detail(ctx, number)
     return _flag(ctx, args, msg.text)
 
 
@@ -158,7 +167,9 @@ def _act(ctx: Context, args: str, raw: str, false_alarm: bool) -> Reply:
     match = ACTION_ARGS.match(args)
     if not match:
         return _reply("warning_action_usage", false_alarm=false_alarm)
-    number, note = int(match.group(1)), match.group(2).strip()
+    number, note = row_id(match.group(1)), match.group(2).strip()
+    if number is None:
+        return _bad_number(match.group(1), "误报" if false_alarm else "处理")
     warning = ctx.session.get(RiskWarning, number)
     if warning is None:
         return _reply("warning_not_found", number=number)

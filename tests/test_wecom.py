@@ -208,6 +208,16 @@ def test_published_sample_url_verification(serve):
     assert missing.status_code == 400
 
 
+def test_signatures_are_checked_by_us_against_the_published_sample():
+    from bot.wecom import signature_matches
+
+    args = (SAMPLE["token"], SAMPLE["msg_signature"], SAMPLE["timestamp"], SAMPLE["nonce"], SAMPLE["echostr"])
+    assert signature_matches(*args)
+    for forged in ("", SAMPLE["msg_signature"].upper(), SAMPLE["msg_signature"][:-1],
+                   SAMPLE["msg_signature"] + "0", "签名" * 20):
+        assert not signature_matches(args[0], forged, *args[2:]), forged
+
+
 def test_url_verification_with_undecodable_echostr_is_400(serve):
     wecom = serve()
     for echostr in ("not base64 at all!", "QUJD", base64.b64encode(bytes(48)).decode()):
@@ -224,6 +234,20 @@ def test_forged_signature_is_403_and_writes_nothing(serve, college, session):
     assert resp.status_code == 403
     assert count(session, ScoreEntry) == 0
     assert count(session, ProcessedMessage) == 0
+
+
+def test_forged_signatures_of_every_shape_are_403(serve, college, session):
+    """Wrong, truncated, too long, upper-case, non-ASCII: each is refused before anything is decrypted."""
+    wecom = serve()
+    params, body = wecom.envelope(wecom.encrypt(text_xml("wangfang", "全勤率 张三 95")))
+    good = params["msg_signature"]
+    for forged in (good[:-1] + ("0" if good[-1] != "0" else "1"), good[:-1], good + "0", good.upper(),
+                   "签" * 40, "0" * 40):
+        assert forged != good
+        resp = wecom.post_raw(dict(params, msg_signature=forged), body)
+        assert resp.status_code == 403, (forged, resp.status_code)
+    assert count(session, ScoreEntry) == 0 and count(session, ProcessedMessage) == 0
+    assert "已记录 1 条" in wecom.reply_text(wecom.post_raw(params, body))
 
 
 def test_teacher_records_two_students_and_reads_the_encrypted_reply(serve, college, session):
@@ -415,6 +439,47 @@ def test_dtd_inside_the_encrypted_message_is_refused(serve, college, session):
     inner = '<!DOCTYPE xml [<!ENTITY a "全勤率 张三 95">]>' + text_xml("wangfang", "&a;")
     assert wecom.post(inner).status_code == 400
     assert count(session, ScoreEntry) == 0
+
+
+def _cdata_xml(sender: str, content: str) -> str:
+    """A text message as WeCom writes it: a `]]>` in the content splits its CDATA in two."""
+    return text_xml(sender, content.replace("]]>", "]]]]><![CDATA[>"))
+
+
+@pytest.mark.parametrize("content", [
+    "<!DOCTYPE html>",
+    '全勤率 张三 95 <!ENTITY lol "lol">',
+    '<!DOCTYPE xml [<!ENTITY a "]]>">]>&a;',
+    "<!-- 注释 --> &amp; &lol9; ]]> <![CDATA[ x ]]>",
+], ids=["doctype", "entity-after-a-recording", "dtd-with-cdata-end", "comment-and-entities"])
+def test_markup_typed_as_text_is_a_message_like_any_other(serve, college, session, content):
+    """WeCom puts what the sender typed in CDATA: a text that says "<!DOCTYPE" is answered, not refused."""
+    wecom = serve()
+    resp = wecom.post(_cdata_xml("wangfang", content))
+    assert resp.status_code == 200
+    text = wecom.reply_text(resp)
+    assert text and "出错" not in text
+    if content.startswith("全勤率"):
+        assert "没有记录任何内容" in text and count(session, ScoreEntry) == 0
+    else:
+        assert "没看懂" in text
+    assert count(session, ProcessedMessage) == 1
+
+
+def test_control_characters_typed_as_text_are_answered(serve, college, session):
+    """Characters XML forbids even in CDATA (NUL, ESC, …) do not cost the sender their reply."""
+    wecom = serve()
+    text = wecom.reply_text(wecom.post(_cdata_xml("wangfang", "全勤率 张三 95\x00\x1b]]]]\x1b>")))
+    assert "没有记录任何内容" in text  # the line with the stray characters is named, nothing recorded
+    assert "已记录 1 条" in wecom.reply_text(wecom.post(_cdata_xml("wangfang", "全勤率 张三 95\n\x07")))
+    assert count(session, ScoreEntry) == 1
+
+
+def test_a_dtd_hidden_after_a_comment_is_still_refused(serve, college, session):
+    wecom = serve()
+    inner = '<!-- a comment --><!DOCTYPE xml [<!ENTITY a "全勤率 张三 95">]>' + text_xml("wangfang", "&a;")
+    assert wecom.post(inner).status_code == 400
+    assert count(session, ScoreEntry) == 0 and count(session, ProcessedMessage) == 0
 
 
 def _garbage_cases(wecom: WeComSender) -> dict[str, tuple[dict[str, str], bytes]]:
