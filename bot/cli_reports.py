@@ -28,6 +28,7 @@ def register_report_cli(app: Flask) -> None:
     def scores_import(path: Path, userid: str) -> None:
         """Import sheet 采分 (学号 or 班级编号, 采分点, 值, 日期); checked like chat; all or nothing."""
         from models.authz import load_actor
+        from models.directory import console_user
         from models.excel import ScoreImportError, import_scores
 
         service = cli_service()
@@ -37,6 +38,7 @@ def register_report_cli(app: Flask) -> None:
                 what = "不是教职工" if actor is not None else "找不到该工号"
                 click.echo(f"--as {userid}：{what}，未导入任何内容。", err=True)
                 sys.exit(1)
+            actor.console_user = console_user()  # the audit rows name who ran the import
             try:
                 report = import_scores(session, service.catalogue, path, actor, service.today())
             except ScoreImportError as exc:

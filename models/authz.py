@@ -18,6 +18,7 @@ FULL = frozenset(DOMAINS)
 CAREER_ONLY = frozenset({"职业发展"})
 # Roles that see sensitive points of the students in their scope.
 SENSITIVE_ROLES = frozenset({"班主任", "辅导员", "学工办"})
+AUDIT_NAME_MAX = 64  # audit_log.actor and the other actor columns
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Actor:
     counsel_classes: set[int] = field(default_factory=set)
     taught_classes: set[int] = field(default_factory=set)
     department_classes: set[int] = field(default_factory=set)
+    console_user: str | None = None  # the operating-system user, when the sender is at the console
 
     @property
     def is_staff(self) -> bool:
@@ -60,7 +62,10 @@ class Actor:
 
     @property
     def audit_name(self) -> str:
-        return f"{self.name}({self.userid})"
+        """Who made a change, as audit rows record it (64 characters at most): "王芳(wangfang)", and
+        from the console "王芳(wangfang，控制台：root)"."""
+        tail = ")" if self.console_user is None else f"，控制台：{self.console_user})"
+        return f"{self.name}({self.userid}"[:AUDIT_NAME_MAX - len(tail)] + tail
 
     def classes_for_role(self, role: str) -> set[int] | None:
         """Classes a role acts on; None means every class of the college."""
@@ -187,9 +192,13 @@ def student_actor(userid: str, name: str, student_id: int, class_id: int) -> Act
 
 
 def load_actor(session: Session, userid: str) -> Actor | None:
-    """Find the sender by 企业微信账号, 工号 or 学号; None for an unknown sender."""
-    staff = session.scalar(select(Staff).where(Staff.wecom_userid == userid)) or session.scalar(
-        select(Staff).where(Staff.staff_no == userid))
+    """Find a person by 企业微信账号 (anyone's account first), else by 工号 or 学号; None if nobody.
+
+    For the command line and for ids a message already resolved (an export link's requester);
+    a chat message's sender is matched by `Directory.identify`, which is stricter."""
+    staff = session.scalar(select(Staff).where(Staff.wecom_userid == userid))
+    if staff is None and session.scalar(select(Student.id).where(Student.wecom_userid == userid)) is None:
+        staff = session.scalar(select(Staff).where(Staff.staff_no == userid))
     if staff is not None:
         facts = StaffFacts(
             staff.id, staff.staff_no, staff.name, staff.role_set, staff.department_id,

@@ -9,11 +9,14 @@ at 8,000 students, during which, under gevent, the worker's other requests wait)
 
 from __future__ import annotations
 
+import getpass
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -42,6 +45,30 @@ class StudentInfo:
     school_class: ClassInfo
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a sender id names: one person's `Actor`, nobody, or a roster that names two (ambiguous)."""
+
+    actor: Actor | None
+    ambiguous: bool = False  # the id could be more than one person: nobody is matched
+
+
+NOBODY = Identity(None)
+AMBIGUOUS = Identity(None, ambiguous=True)
+
+
+Person = tuple[str, int]  # ("staff" | "student", id)
+
+
+@dataclass
+class _Collisions:
+    """Lower-cased 企业微信账号 -> its owners; lower-cased 工号/学号 -> the people it names."""
+
+    accounts: defaultdict[str, set[Person]] = field(default_factory=lambda: defaultdict(set))
+    ids: defaultdict[str, set[Person]] = field(default_factory=lambda: defaultdict(set))
+    with_account: set[Person] = field(default_factory=set)
+
+
 @dataclass
 class Directory:
     """Classes, students, staff and the calendar as plain values; senders become `Actor`s on demand."""
@@ -51,12 +78,14 @@ class Directory:
     students_by_class: dict[int, list[StudentInfo]]
     students_by_no: dict[str, StudentInfo]
     calendar: Calendar
-    staff_by_key: dict[str, StaffFacts] = field(default_factory=dict)  # 企业微信账号 and 工号
-    students_by_userid: dict[str, StudentInfo] = field(default_factory=dict)
+    staff_by_account: dict[str, StaffFacts] = field(default_factory=dict)  # by 企业微信账号
+    students_by_userid: dict[str, StudentInfo] = field(default_factory=dict)  # by 企业微信账号
+    staff_by_no: dict[str, StaffFacts] = field(default_factory=dict)  # by 工号
     classes_by_department: dict[int, set[int]] = field(default_factory=dict)
     fingerprint: str | None = None  # `roster_fingerprint` when it was built
     checked_at: float = field(default_factory=time.monotonic)  # built, or found current, then
-    _actors: dict[str, Actor | None] = field(default_factory=dict)
+    _identities: dict[tuple[str, str | None], Identity] = field(default_factory=dict)
+    _collisions: _Collisions | None = None
     _class_rosters: dict[int, tuple[dict, dict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -85,24 +114,80 @@ class Directory:
         by_department: dict[int, set[int]] = defaultdict(set)
         for c in classes.values():
             by_department[c.department_id].add(c.id)
-        return cls(classes, keys, dict(by_class), by_no, load_calendar(session), _staff_facts(session, class_rows),
-                   by_userid, dict(by_department), fingerprint)
+        staff_by_no, staff_by_account = _staff_facts(session, class_rows)
+        return cls(classes, keys, dict(by_class), by_no, load_calendar(session), staff_by_account, by_userid,
+                   staff_by_no, dict(by_department), fingerprint)
 
-    def actor(self, userid: str) -> Actor | None:
-        """The sender by 企业微信账号, 工号 or 学号 (in that order of precedence), or None."""
+    def identify(self, userid: str, console_user: str | None = None) -> Identity:
+        """Who sent a message (PRODUCT.md §5, under the roster workbook).
+
+        `console_user` is None on a WeChat channel: `userid` is FromUserName and matches a
+        企业微信账号 exactly; a 工号 or 学号 stands in only for a person whose 企业微信账号 is
+        empty, and only when it is nobody else's 企业微信账号 and names no one else (compared
+        ignoring case, as WeCom compares userids). On the console, `console_user` is the operating
+        system user running it: a 工号 or 学号 then works for anyone, and the audit rows the
+        person writes name that user. An id that names two people matches nobody, on any channel.
+        """
+        key = (userid, console_user)
         with self._lock:
-            if userid in self._actors:
-                return self._actors[userid]
-        facts = self.staff_by_key.get(userid)
-        if facts is not None:
-            actor = staff_actor(userid, facts, self._department_classes)
-        elif (student := self.students_by_userid.get(userid) or self.students_by_no.get(userid)) is not None:
-            actor = student_actor(userid, student.name, student.id, student.class_id)
+            found = self._identities.get(key)
+        if found is None:
+            found = self._identify(userid, console_user)
+            with self._lock:
+                self._identities[key] = found
+        return found
+
+    def actor(self, userid: str, console_user: str | None = None) -> Actor | None:
+        """`identify(...).actor`: the sender, or None (unknown or ambiguous)."""
+        return self.identify(userid, console_user).actor
+
+    def _identify(self, userid: str, console_user: str | None) -> Identity:
+        staff = self.staff_by_account.get(userid)
+        student = self.students_by_userid.get(userid)
+        if staff is None and student is None:  # not an account: perhaps a 工号 or 学号
+            staff, student = self.staff_by_no.get(userid), self.students_by_no.get(userid)
+            person: Person
+            if staff is not None:
+                person = ("staff", staff.id)
+            elif student is not None:
+                person = ("student", student.id)
+            else:
+                return NOBODY
+            index = self._collision_index()
+            if len(index.ids.get(userid.lower(), ())) > 1:
+                return AMBIGUOUS
+            if console_user is None:
+                if index.accounts.get(userid.lower(), set()) - {person}:
+                    return AMBIGUOUS  # someone else's account (in another case): never theirs to borrow
+                if person in index.with_account:
+                    return NOBODY  # they have an account of their own, and this is not it
+        if staff is not None and student is not None:
+            return AMBIGUOUS
+        if staff is not None:
+            actor = staff_actor(userid, staff, self._department_classes)
         else:
-            actor = None
+            assert student is not None
+            actor = student_actor(userid, student.name, student.id, student.class_id)
+        actor.console_user = console_user
+        return Identity(actor)
+
+    def _collision_index(self) -> _Collisions:
         with self._lock:
-            self._actors[userid] = actor
-        return actor
+            if self._collisions is not None:
+                return self._collisions
+        found = _Collisions()
+        for account, facts in self.staff_by_account.items():
+            found.accounts[account.lower()].add(("staff", facts.id))
+        for account, student in self.students_by_userid.items():
+            found.accounts[account.lower()].add(("student", student.id))
+        found.with_account = {p for owners in found.accounts.values() for p in owners}
+        for no, facts in self.staff_by_no.items():
+            found.ids[no.lower()].add(("staff", facts.id))
+        for no, student in self.students_by_no.items():
+            found.ids[no.lower()].add(("student", student.id))
+        with self._lock:
+            self._collisions = found
+        return found
 
     def _department_classes(self, departments: set[int]) -> set[int]:
         return {c for d in departments for c in self.classes_by_department.get(d, ())}
@@ -127,8 +212,8 @@ class Directory:
         return [s for cid in class_ids for s in self.students_by_class.get(cid, ())]
 
 
-def _staff_facts(session: Session, class_rows: list) -> dict[str, StaffFacts]:
-    """Every staff member's facts, keyed by 企业微信账号 and by 工号 (an account wins over a 工号)."""
+def _staff_facts(session: Session, class_rows: list) -> tuple[dict[str, StaffFacts], dict[str, StaffFacts]]:
+    """Every staff member's facts, by 工号 and by 企业微信账号."""
     head: dict[int, set[int]] = defaultdict(set)
     counsel: dict[int, set[int]] = defaultdict(set)
     for r in class_rows:
@@ -153,7 +238,16 @@ def _staff_facts(session: Session, class_rows: list) -> dict[str, StaffFacts]:
         by_no[r.staff_no] = facts
         if r.wecom_userid:
             by_account[r.wecom_userid] = facts
-    return by_no | by_account
+    return by_no, by_account
+
+
+@cache
+def console_user() -> str:
+    """The operating-system user running this process (the console's audit rows name them)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
+        return f"uid{os.getuid()}"
 
 
 # Every table a Directory is read from.

@@ -107,11 +107,12 @@ class ImportReport:
     """Counts of created / updated / unchanged rows per sheet (only sheets in the file)."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # imported all the same: the roster should be fixed
 
     def summary(self) -> str:
-        """One short Chinese line per sheet, e.g. "学生：新增 3，更新 1，未变 10"."""
-        return "\n".join(f"{sheet}：新增 {c[NEW]}，更新 {c[UPDATED]}，未变 {c[SAME]}"
-                         for sheet, c in self.counts.items())
+        """One short Chinese line per sheet, e.g. "学生：新增 3，更新 1，未变 10", then each warning."""
+        return "\n".join([*(f"{sheet}：新增 {c[NEW]}，更新 {c[UPDATED]}，未变 {c[SAME]}"
+                             for sheet, c in self.counts.items()), *self.warnings])
 
 
 class Row(dict[str, str]):
@@ -753,7 +754,59 @@ def import_roster(session: Session, path: str | Path) -> ImportReport:
     checker.run()
     if checker.errors:
         raise RosterError(checker.messages())
-    return _Writer(checker).run()
+    report = _Writer(checker).run()
+    report.warnings = id_collisions(session, checker)
+    return report
+
+
+@dataclass(frozen=True)
+class _Person:
+    sheet: str  # STAFF or STUDENT
+    key: str  # 工号 or 学号
+    name: str
+    account: str | None
+    row: int | None  # in this file; None: only in the database
+
+    def __str__(self) -> str:
+        label = "工号" if self.sheet == STAFF else "学号"
+        where = f"{self.sheet} 第{self.row}行" if self.row is not None else "数据库中已有"
+        return f"{self.name}（{label}{self.key}，{where}）"
+
+
+def id_collisions(session: Session, checker: _Checker) -> list[str]:
+    """Warnings for 工号 and 学号 that WeCom cannot tell apart from someone else (PRODUCT.md §5): an id
+    that is another person's 企业微信账号, or that names a staff member and a student at once. Such an
+    id never identifies anyone on WeChat. Only pairs with a person in the file; WeCom ignores case."""
+    rows = {(sheet, rec.values[col]): rec.row for sheet, col in ((STAFF, "工号"), (STUDENT, "学号"))
+            for rec in checker.recs.get(sheet, ())}
+    people = [_Person(STAFF, no, name, account, rows.get((STAFF, no)))
+              for no, name, account in session.execute(select(Staff.staff_no, Staff.name, Staff.wecom_userid))]
+    people += [_Person(STUDENT, no, name, account, rows.get((STUDENT, no))) for no, name, account in
+               session.execute(select(Student.student_no, Student.name, Student.wecom_userid))]
+    by_account: dict[str, list[_Person]] = {}
+    by_id: dict[str, list[_Person]] = {}
+    for p in people:
+        if p.account:
+            by_account.setdefault(p.account.lower(), []).append(p)
+        by_id.setdefault(p.key.lower(), []).append(p)
+    found: list[tuple[int, int, str]] = []
+    for p in people:
+        label = "工号" if p.sheet == STAFF else "学号"
+        for other in by_account.get(p.key.lower(), ()):
+            if other != p and (p.row is not None or other.row is not None):
+                found.append((*_order(p, other), f"提醒：{p}的{label}{_q(p.key)}是{other}的企业微信账号，"
+                                                  f"企业微信中不会按此{label}识别{p.name}。"))
+        if p.sheet == STAFF:
+            for other in by_id.get(p.key.lower(), ()):
+                if other.sheet == STUDENT and (p.row is not None or other.row is not None):
+                    found.append((*_order(p, other), f"提醒：{p}与{other}的编号{_q(p.key)}相同，"
+                                                      "企业微信中不会按此编号识别他们。"))
+    return [m for *_k, m in sorted(found)]
+
+
+def _order(a: _Person, b: _Person) -> tuple[int, int]:
+    """Sort key of a warning: the first of its people in the file, by sheet and row."""
+    return min((SHEETS.index(p.sheet), p.row) for p in (a, b) if p.row is not None)
 
 
 # ---------------------------------------------------------------- template

@@ -356,6 +356,27 @@ def test_wecom_accounts_can_move_between_people(session, tmp_path):
     assert report.counts == {"学生": {"新增": 0, "更新": 1, "未变": 2}}
 
 
+def test_ids_that_collide_with_someone_else_are_imported_with_a_warning(session, tmp_path):
+    assert import_roster(session, make_xlsx(tmp_path / "a.xlsx", full_rows())).warnings == []
+    session.commit()
+    rows = {
+        "教职工": [["2024020101", "周老师", None, "任课教师", "信息工程系"],  # also 王五's 学号
+                 ["T006", "吴老师", "T006", "任课教师", "信息工程系"]],  # their own 工号 as account: fine
+        "学生": [[2023010103, "孙悟", "CS2301", "t004"]],  # 钱老师's 工号 (T004), in another case
+    }
+    report = import_roster(session, make_xlsx(tmp_path / "b.xlsx", rows))
+    session.commit()
+    assert report.counts == created({"教职工": 2, "学生": 1})
+    assert report.warnings == [
+        "提醒：周老师（工号2024020101，教职工 第2行）与王五（学号2024020101，数据库中已有）的编号“2024020101”相同，"
+        "企业微信中不会按此编号识别他们。",
+        "提醒：钱老师（工号T004，数据库中已有）的工号“T004”是孙悟（学号2023010103，学生 第2行）的企业微信账号，"
+        "企业微信中不会按此工号识别钱老师。",
+    ]
+    assert report.summary().splitlines()[2:] == report.warnings
+    assert ("2023010103", "孙悟", "CS2301", "t004") in snapshot(session)["student"]
+
+
 def test_template_has_six_sheets_and_imports_as_nothing(session, tmp_path):
     path = tmp_path / "template.xlsx"
     write_template(path)

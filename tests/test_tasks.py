@@ -315,7 +315,7 @@ def test_progress_by_number_or_code_with_audit(svc, session, chat_tasks):
     assert session.get(PlanTask, soon.id).progress == 75
     updates = session.scalars(select(PlanTaskUpdate).where(PlanTaskUpdate.task_id == soon.id)).all()
     assert [(u.kind, u.value) for u in updates] == [("progress", 60), ("progress", 75)]
-    assert updates[0].actor == "王芳(wangfang)"
+    assert updates[0].actor.startswith("王芳(wangfang，控制台：")  # `say` is the console: it names the OS user
     audit = session.scalars(select(AuditLog).where(AuditLog.entity == "plan_task")).all()
     assert [(a.entity_key, a.old_value) for a in audit] == [("1.1", '{"progress": 20}'), ("1.1", '{"progress": 60}')]
     assert "完成 #" in say(svc, "wangfang", f"进度 #{soon.id} 100")

@@ -5,6 +5,7 @@ The tests run in order, as the steps of one set-up: the second works on the rost
 
 from __future__ import annotations
 
+import getpass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def test_tasks_scores_chat_and_exports_on_the_imported_roster(env, db, files):
     assert refused.returncode == 1 and "未导入任何内容" in refused.stderr, (refused.stdout, refused.stderr)
     assert scalar(db, "SELECT count(*) FROM score_entry") == 0
     assert "导入 2 条" in ok(bot(env, "scores", "import", str(scores), "--as", "T011"))
+    importer = scalar(db, "SELECT min(actor) FROM audit_log WHERE action = 'record'")
+    assert f"控制台：{getpass.getuser()}" in importer, importer  # who ran the import, not only whose 工号
 
     script = "全勤率 陈一 95\n撤销\n全勤率 陈一 92 林二 88\n任务\n储值卡 林二\n储值卡 陈一\n"
     out = ok(bot(env, "chat", "--as", "zhoumin", stdin=script))  # 周敏 exists only through the roster
