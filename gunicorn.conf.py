@@ -17,3 +17,68 @@ worker_connections = 100
 # WeChat gives a callback 5 s; a worker stuck longer than this is of no use to anyone.
 timeout = 30
 graceful_timeout = 10
+
+# ── metrics across workers ───────────────────────────────────────────────────
+# prometheus-client's multiprocess mode: each worker writes its counts to files in this directory and
+# /metrics, whichever worker answers, sums them. It must be in the environment before a worker imports
+# prometheus_client, so it is set here, in the master, before any worker is forked. A directory given
+# by the operator is used (and emptied on start); otherwise a fresh one, removed on exit.
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="czk-metrics-")
+
+
+def on_starting(server):  # noqa: ANN001, ANN201
+    """Counts of an earlier run of the master are not this run's."""
+    import glob
+
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201
+    """A dead worker's counters still count; its live gauges (if any) no longer do."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201
+    if _OWN_METRICS_DIR:
+        import shutil
+
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+# ── an access log without bearer links ───────────────────────────────────────
+# `/export/<token>` and `t=`/`token=` query parameters are written as [redacted] (bot/redact.py,
+# loaded by path: importing the `bot` package here, in the master, would import the app's
+# dependencies before gevent patches the workers).
+def _load_redact():  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "czk_redact", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bot", "redact.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.redact
+
+
+def _redacting_logger():  # noqa: ANN202
+    from gunicorn.glogging import Logger
+
+    redact = _load_redact()
+
+    class RedactingLogger(Logger):
+        """gunicorn's logger, with every text atom of an access-log line redacted."""
+
+        def atoms(self, resp, req, environ, request_time):  # noqa: ANN001, ANN201
+            return {k: redact(v) if isinstance(v, str) else v
+                    for k, v in super().atoms(resp, req, environ, request_time).items()}
+
+    return RedactingLogger
+
+
+logger_class = _redacting_logger()

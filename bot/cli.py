@@ -8,10 +8,23 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from werkzeug.serving import WSGIRequestHandler
 
 from bot.cli_reports import register_report_cli
 from bot.config import ROOT
+from bot.redact import redact
 from bot.service import Service
+
+
+class RedactingRequestHandler(WSGIRequestHandler):
+    """`serve`'s request log (werkzeug's), without bearer links, as gunicorn's access log."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # The response is under way (the application has run): these are read only to be logged now.
+        self.requestline = redact(self.requestline)
+        if isinstance(getattr(self, "path", None), str):
+            self.path = redact(self.path)
+        super().log_request(code, size)
 
 
 def cli_service() -> Service:
@@ -270,5 +283,6 @@ def register_cli(app: Flask) -> None:
 
         # Not app.run(): under a FlaskGroup (FLASK_RUN_FROM_CLI) it returns at once without serving.
         signal.signal(signal.SIGTERM, stop)
-        run_simple(host, port, current_app._get_current_object(), threaded=True, use_reloader=False)
+        run_simple(host, port, current_app._get_current_object(), threaded=True, use_reloader=False,
+                   request_handler=RedactingRequestHandler)
         click.echo("服务已停止。")

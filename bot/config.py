@@ -44,6 +44,9 @@ class Settings:
     catalogue_path: Path = field(default=ROOT / "models" / "catalogue.toml")
     roster_cache_seconds: float = 30.0
     outbox_claim_seconds: float = 120.0  # a claimed outbox row not finished within this is taken up again
+    outbox_concurrency: int = 24  # WeCom calls one flush keeps in flight at once
+    wecom_calls_per_minute: int = 9000  # the app's cap on WeCom API calls (WeCom allows about 10,000)
+    metrics_token: str | None = None  # when set, /metrics asks for `Authorization: Bearer <token>`
     production: bool = False
 
     @property
@@ -94,12 +97,17 @@ def load_settings(overrides: dict | None = None) -> Settings:
         mp_token=_env("MP_TOKEN"),
         mp_aes_key=_env("MP_AES_KEY"),
         mp_api_base=_env("MP_API_BASE"),
+        metrics_token=_env("METRICS_TOKEN"),
         production=production,
     )
     if _env("ROSTER_CACHE_SECONDS"):
         values["roster_cache_seconds"] = float(_env("ROSTER_CACHE_SECONDS"))
     if _env("OUTBOX_CLAIM_SECONDS"):
         values["outbox_claim_seconds"] = float(_env("OUTBOX_CLAIM_SECONDS"))
+    if _env("OUTBOX_CONCURRENCY"):
+        values["outbox_concurrency"] = max(1, int(_env("OUTBOX_CONCURRENCY")))
+    if _env("WECOM_CALLS_PER_MINUTE"):
+        values["wecom_calls_per_minute"] = max(2, int(_env("WECOM_CALLS_PER_MINUTE")))
     if _env("CATALOGUE_PATH"):
         values["catalogue_path"] = Path(_env("CATALOGUE_PATH"))
     values.update(overrides or {})

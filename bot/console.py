@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 import uuid
 from typing import TextIO
@@ -28,6 +29,8 @@ def _who(service: Service) -> str:
 def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """Read messages (a line each; end a line with \\ to continue it) and print the replies."""
     interactive = stdin.isatty()
+    if interactive:  # a person at a terminal reads the replies, not the per-message log lines (stderr)
+        logging.getLogger("bot.pipeline").setLevel(logging.WARNING)
     service.evaluator.background = False  # one person at a terminal: the risk check right after each reply
     session_id = uuid.uuid4().hex[:8]
     counter = itertools.count(1)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from functools import lru_cache
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from bot.config import ROOT
+
+# The templates rendered for the message being handled, when the pipeline asks (it tells from them
+# whether the answer was a refusal or a bad-input reply, for its log line and the metrics).
+rendered: ContextVar[list[str] | None] = ContextVar("rendered", default=None)
 
 
 def _signed(value: float | None) -> str:
@@ -37,4 +42,7 @@ def environment() -> Environment:
 
 def render(template: str, /, **context: object) -> str:
     """Render templates/<template> and trim the surrounding blank space."""
+    seen = rendered.get()
+    if seen is not None:
+        seen.append(template)
     return environment().get_template(template).render(**context).strip()

@@ -1,16 +1,67 @@
-"""Plain web routes: health check, signed workbook downloads."""
+"""Plain web routes: health check, metrics, signed workbook downloads; the callbacks' timing."""
 
 from __future__ import annotations
 
+import hmac
 import logging
+import time
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from bot import metrics
+from models.errors import log_failure
 
 log = logging.getLogger(__name__)
 
 web = Blueprint("web", __name__)
+
+# Blueprints whose routes are chat callbacks, timed by channel (WeChat waits 5 s for an answer).
+CALLBACK_CHANNELS = frozenset({"wecom", "mp"})
+
+
+@web.before_app_request
+def _start_clock() -> None:
+    g.czk_started = time.perf_counter()
+
+
+@web.teardown_app_request
+def _time_callback(_exc: BaseException | None) -> None:
+    """The whole callback, from the request's arrival to its answer, by channel (errors included)."""
+    started = g.pop("czk_started", None)
+    if started is not None and request.blueprint in CALLBACK_CHANNELS:
+        metrics.callback_answered(request.blueprint, time.perf_counter() - started)
+
+
+@web.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response | HTTPException:
+    """An error no route handled: logged by its route's pattern and error code, never by the path
+    (a link token) or the exception's message (it may quote data); a plain 500 for the caller."""
+    if isinstance(exc, HTTPException):
+        return exc
+    rule = request.url_rule.rule if request.url_rule is not None else "-"
+    log_failure(log, f"error answering {request.method} {rule}", exc)
+    return Response("internal error\n", status=500, mimetype="text/plain")
+
+
+@web.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus text across all workers (§5); with METRICS_TOKEN set, only for its bearer."""
+    service = current_app.extensions["czk"]
+    token = service.settings.metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return Response("unauthorized\n", status=401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    response = Response(metrics.exposition(service), status=200)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @web.get("/healthz")

@@ -21,9 +21,13 @@ class Base(DeclarativeBase):
 
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and synchronous=FULL
-    (a commit survives a power cut too: the reply that says 已记录 comes after it)."""
+    (a commit survives a power cut too: the reply that says 已记录 comes after it).
+
+    `hide_parameters`: an error's message does not list the statement's parameters (message text,
+    names, values). PostgreSQL's own DETAIL line may still quote a value, so failures are logged by
+    type and code only (models/errors.py; PRODUCT.md §6)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -36,7 +40,7 @@ def make_engine(url: str) -> Engine:
         return engine
     # No pre-ping (a round trip per message); connections are recycled before servers drop them,
     # and a connection that died anyway fails one message, which WeChat retries.
-    return create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=10, hide_parameters=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

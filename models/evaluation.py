@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from models import risk
 from models.catalogue import Catalogue
 from models.db import savepoint
+from models.errors import log_failure
 from models.schema import RiskEvaluationQueue, ScoreEntry
 from models.scores import PlannedEntry, load_calendar
 
@@ -99,8 +100,9 @@ def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: 
             try:
                 with savepoint(session):
                     outcome = risk.evaluate_entries(session, catalogue, load_calendar(session), entries, now, today)
-            except Exception:  # noqa: BLE001 - the daily scan evaluates the same rules again
-                log.exception("early-warning check of %d recordings failed; the daily scan will catch up", taken)
+            except Exception as exc:  # noqa: BLE001 - the daily scan evaluates the same rules again
+                log_failure(log, f"early-warning check of {taken} recordings failed; the daily scan will catch up",
+                            exc)
                 done.failed += taken
             else:
                 done.outcome = outcome
@@ -142,5 +144,5 @@ class Evaluator:
             self._wake.clear()
             try:
                 self.drain()
-            except Exception:  # noqa: BLE001 - keep the thread; the queue stays for the next wake or the scheduler
-                log.exception("early-warning evaluation pass failed")
+            except Exception as exc:  # noqa: BLE001 - keep the thread; the queue stays for the next wake or the scheduler
+                log_failure(log, "early-warning evaluation pass failed", exc)

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
 from bot.service import Service
+from models.errors import error_code, log_failure
 from models.schema import JobRun, Lease
 from scheduler.registry import JOBS, JobContext
 
@@ -210,6 +211,7 @@ def run_job(service: Service, name: str, now: datetime | None = None,
     now = (now or service.now()).astimezone(service.tz)
     generation = lease.generation if lease is not None else None
     host = lease.holder if lease is not None else f"{socket.gethostname()}:{os.getpid()}"
+    started = time.perf_counter()
     with service.sessions() as session:
         run = JobRun(job=name, as_of=now, host=host)
         session.add(run)
@@ -229,11 +231,15 @@ def run_job(service: Service, name: str, now: datetime | None = None,
             lease.lose()
         except Exception as exc:  # a job's failure is logged and shown by `jobs list`
             session.rollback()
-            log.exception("job %s failed", name)
-            run.status, run.result = "error", f"{type(exc).__name__}: {exc}"
+            # By type and code only: the message may quote what the job was working on (names, values).
+            log_failure(log, f"job {name} failed", exc)
+            run.status, run.result = "error", f"error: {error_code(exc)}"
         run.finished_at = datetime.now(now.tzinfo)
         session.add(run)
         session.commit()
+        # One line per run; its result carries keys and counts only (each job's `line`).
+        log.info("job name=%s run=%d status=%s ms=%.0f result=%s", name, run.id, run.status,
+                 (time.perf_counter() - started) * 1000, run.result)
         return run
 
 
@@ -334,7 +340,16 @@ def catch_up(service: Service, lease: SchedulerLease, stop: threading.Event | No
 
 def _flush_outbox(service: Service) -> None:
     """Deliver what is due, after the early-warning check of recordings no web worker got to and
-    the 本周概况 a callback could not wait for."""
+    the 本周概况 a callback could not wait for. A failure is logged here, by type and code (APScheduler
+    would log the exception's message, which may quote a recipient or a value), and tried again at the
+    next interval."""
+    try:
+        _deliver_due(service)
+    except Exception as exc:  # noqa: BLE001 - the rows stay where they are for the next flush
+        log_failure(log, "outbox flush failed", exc)
+
+
+def _deliver_due(service: Service) -> None:
     from scheduler.delivery import make_deliverer
     from scheduler.digest_jobs import answer_overview_requests
 
@@ -415,8 +430,8 @@ class _Activation:
                     return
                 self.sched = build_scheduler(service, lease, started)
                 self.sched.start()
-        except Exception:  # the database went away, say: stand down, and start over as a standby
-            log.exception("scheduler start-up failed; standing down")
+        except Exception as exc:  # the database went away, say: stand down, and start over as a standby
+            log_failure(log, "scheduler start-up failed; standing down", exc)
             lease.lose()
 
     def run(self) -> None:

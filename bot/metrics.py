@@ -1,0 +1,174 @@
+"""Prometheus metrics (`GET /metrics`): what processes count, and what is read from the database
+and Redis when the metrics are scraped.
+
+Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker starts, so every
+worker writes its counts to files there and a scrape, whichever worker answers it, sums them all
+(prometheus-client's multiprocess mode). Without it (`serve`, the console, tests) a process counts
+in its own registry.
+
+Delivery runs in the scheduler process (another container, maybe another host), so its errors are
+counted in Redis (a hash, shared by every process), and in the process itself only when Redis is
+not configured or does not answer.
+
+Labels carry channels, outcomes, states, error codes and job ids: never a person or a text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.schema import JobRun, OutboxMessage
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+OUTBOX_STATES = ("pending", "sending", "inflight", "sent", "failed")
+WAITING_STATES = ("pending", "sending", "inflight")  # not yet with the person
+DELIVERY_ERRORS_KEY = "czk:metrics:delivery_errors"
+OUTCOMES = ("ok", "refused", "bad-input", "error", "duplicate")
+
+CALLBACK_SECONDS = Histogram(
+    "czk_callback_duration_seconds", "Time to answer a chat callback (WeChat allows 5 s), by channel",
+    ["channel"], buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0))
+MESSAGES = Counter("czk_messages", "Inbound chat messages handled, by channel and outcome", ["channel", "outcome"])
+
+_local_errors: Tally[str] = Tally()  # delivery errors counted here when Redis is not there
+_local_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+
+
+def multiprocess_mode() -> bool:
+    """True under gunicorn (gunicorn.conf.py): counts live in files shared by the workers."""
+    return bool(os.environ.get(MULTIPROC_DIR))
+
+
+def message_handled(channel: str, outcome: str) -> None:
+    """Count one inbound message by channel and outcome (one of OUTCOMES)."""
+    MESSAGES.labels(channel=channel, outcome=outcome).inc()
+
+
+def callback_answered(channel: str, seconds: float) -> None:
+    """Observe how long a callback of `channel` took to answer."""
+    CALLBACK_SECONDS.labels(channel=channel).observe(seconds)
+
+
+def _redis(url: str | None) -> redis.Redis | None:
+    if not url:
+        return None
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.5)
+    return client
+
+
+def delivery_error(redis_url: str | None, errcode: int | str | None) -> None:
+    """Count one failed WeCom call by its errcode ("none": no answer, a time-out or an HTTP error)."""
+    code = "none" if errcode is None else str(errcode)
+    client = _redis(redis_url)
+    if client is not None:
+        try:
+            client.hincrby(DELIVERY_ERRORS_KEY, code, 1)
+            return
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable for the delivery error count (%s); counting in this process",
+                        type(exc).__name__)
+    with _local_lock:
+        _local_errors[code] += 1
+
+
+def _epoch(value: datetime | None, tz: ZoneInfo) -> float | None:
+    """A stored time as seconds since the epoch; a naive one is read in `tz` (SQLite keeps no zone)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=tz)).timestamp()
+
+
+class StateCollector(Collector):
+    """What is read at scrape time: outbox rows by state and the age of the oldest waiting one, each
+    job's last success, delivery errors by errcode. One process's view is everyone's: it is read
+    from the database and Redis."""
+
+    def __init__(self, service) -> None:  # noqa: ANN001  (bot.service.Service; imported late)
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("czk_metrics_database_up", "1 when the database answered this scrape")
+        try:
+            yield from self._from_database()
+            up.add_metric([], 1)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+        yield up
+        yield self._delivery_errors()
+
+    def _from_database(self) -> Iterator[Metric]:
+        service = self.service
+        now = datetime.now(UTC).timestamp()
+        with service.sessions() as session:
+            counts = dict(session.execute(
+                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all())
+            oldest = session.scalar(select(func.min(OutboxMessage.created_at))
+                                    .where(OutboxMessage.status.in_(WAITING_STATES)))
+            last_ok = session.execute(select(JobRun.job, func.max(JobRun.finished_at))
+                                      .where(JobRun.status == "ok").group_by(JobRun.job)).all()
+        rows = GaugeMetricFamily("czk_outbox_messages", "Outbox rows by state", labels=["state"])
+        for state in (*OUTBOX_STATES, *sorted(set(counts) - set(OUTBOX_STATES))):
+            rows.add_metric([state], counts.get(state, 0))
+        age = GaugeMetricFamily("czk_outbox_oldest_waiting_age_seconds",
+                                "Age of the oldest outbox row not yet delivered (pending, sending or inflight); "
+                                "0 when none waits")
+        created = _epoch(oldest, UTC)  # created_at is written in UTC
+        age.add_metric([], max(0.0, now - created) if created is not None else 0.0)
+        jobs = GaugeMetricFamily("czk_job_last_success_timestamp_seconds",
+                                 "When each job (and the scheduler's heartbeat) last finished successfully",
+                                 labels=["job"])
+        for name, finished in sorted(last_ok):
+            at = _epoch(finished, service.tz)  # SQLite keeps the wall time in APP_TIMEZONE
+            if at is not None:
+                jobs.add_metric([name], at)
+        return iter((rows, age, jobs))
+
+    def _delivery_errors(self) -> Metric:
+        family = CounterMetricFamily("czk_delivery_errors", "Failed WeCom calls of the outbox delivery, by errcode "
+                                     "(none: no answer)", labels=["errcode"])
+        totals: Tally[str] = Tally()
+        with _local_lock:
+            totals.update(_local_errors)
+        client = _redis(self.service.settings.redis_url)
+        if client is not None:
+            try:
+                totals.update({k.decode(): int(v) for k, v in client.hgetall(DELIVERY_ERRORS_KEY).items()})
+            except redis.RedisError as exc:
+                log.warning("metrics: Redis unavailable for delivery errors (%s)", type(exc).__name__)
+        for code in sorted(totals):
+            family.add_metric([code], totals[code])
+        return family
+
+
+def exposition(service) -> bytes:  # noqa: ANN001
+    """The Prometheus text of every metric: this process's or all workers' counts, then the state read
+    from the database and Redis."""
+    if multiprocess_mode():
+        from prometheus_client import multiprocess
+
+        counted = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counted)
+    else:
+        counted = REGISTRY
+    state = CollectorRegistry(auto_describe=False)
+    state.register(StateCollector(service))
+    return generate_latest(counted) + generate_latest(state)
