@@ -5,6 +5,10 @@ gettoken goes to `settings.wecom_api_base` like every other call, every request
 has a timeout, `auto_retry` is off (a token error is refreshed and retried once
 here; anything else is the caller's, i.e. the outbox's, to retry), and the token
 and its expiry live in Redis, refreshed by one process at a time.
+
+Safe to share between threads (the outbox keeps several calls in flight): the token is
+refreshed once however many calls saw it expire, and every call (gettoken too) first takes
+a permit from the app's rate cap (`CallRate`, WECOM_CALLS_PER_MINUTE, shared through Redis).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import random
 import threading
 import time
 import uuid
@@ -20,6 +26,7 @@ from typing import Any
 
 import redis
 import requests
+from requests.adapters import HTTPAdapter
 from wechatpy.enterprise import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
@@ -39,11 +46,83 @@ REFRESH_MARGIN_S = 300  # a token this close to expiry is refreshed before use
 LOCK_TTL_S = 15  # longer than one gettoken call with its timeout
 PEER_WAIT_S = 8.0  # how long a process waits for another one's refresh
 
+REDIS_RETRY_S = 10  # the call rate asks Redis again this long after it failed to answer
+POOL_SIZE = 32  # kept-alive connections to WeCom, per client: more than the outbox's calls in flight
+
 _RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 # The in-memory fallback (no REDIS_URL): shared by every client in this process.
 _memory_tokens: dict[str, tuple[str, float]] = {}
 _memory_lock = threading.Lock()
+
+# One permit: the current bucket (by the Redis server's clock, the same for every process) is
+# counted; 0 when the call may go, else the milliseconds until the next bucket begins.
+_TAKE_PERMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local span = tonumber(ARGV[1])
+local bucket = math.floor(now / span)
+local key = KEYS[1] .. ':' .. bucket
+local used = redis.call('INCR', key)
+if used == 1 then redis.call('PEXPIRE', key, 2 * span) end
+if used <= tonumber(ARGV[2]) then return 0 end
+return (bucket + 1) * span - now
+"""
+
+
+def rate_buckets(per_minute: int) -> tuple[int, int]:
+    """(bucket length in ms, calls per bucket) such that no 60-second window, wherever it starts,
+    holds more than `per_minute` calls: such a window touches at most ceil(60000 / span) + 1
+    buckets. One-second buckets from 61 a minute up (9,000 → 147 a second); below, one call per
+    bucket of about 60 / (per_minute − 1) s."""
+    per_minute = max(2, per_minute)
+    if per_minute >= 61:
+        return 1000, per_minute // 61
+    return math.ceil(60_000 / (per_minute - 1)), 1
+
+
+class CallRate:
+    """The app's cap on WeCom API calls per minute, counted in Redis across processes (or, without
+    Redis, in this process: every client of the process shares one count)."""
+
+    _memory: dict[str, tuple[int, int]] = {}  # key → (bucket, calls in it)
+    _memory_lock = threading.Lock()
+
+    def __init__(self, per_minute: int, key: str, redis_client: redis.Redis | None = None) -> None:
+        self.per_minute = per_minute
+        self.span_ms, self.per_bucket = rate_buckets(per_minute)
+        self.key = key
+        self.redis = redis_client
+        self._script = redis_client.register_script(_TAKE_PERMIT) if redis_client is not None else None
+        self._redis_down_until = 0.0  # after a Redis error, count here for a while rather than wait on it
+
+    def _wait_ms(self) -> int:
+        """Take a permit if one is free: 0; else how long to wait before asking again."""
+        if self._script is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                return int(self._script(keys=[self.key], args=[self.span_ms, self.per_bucket]))
+            except redis.RedisError as exc:
+                log.warning("Redis unavailable for the WeCom call rate (%s); counting in this process for %d s",
+                            exc, REDIS_RETRY_S)
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+        now = int(time.time() * 1000)
+        bucket = now // self.span_ms
+        with self._memory_lock:
+            current, used = self._memory.get(self.key, (bucket, 0))
+            if current != bucket:
+                used = 0
+            if used < self.per_bucket:
+                self._memory[self.key] = (bucket, used + 1)
+                return 0
+        return (bucket + 1) * self.span_ms - now
+
+    def acquire(self) -> None:
+        """Block until this call may go."""
+        while True:
+            wait = self._wait_ms()
+            if wait <= 0:
+                return
+            time.sleep(wait / 1000 + random.uniform(0, 0.005))  # a little jitter spreads the waiters
 
 
 class WeComAPIError(Exception):
@@ -102,10 +181,14 @@ class WeComAPI:
         self.redis = redis_client
         self.clock = clock
         self.client = _Client(settings, self.access_token, timeout)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)  # a connection per thread in flight
+        self.client._http.mount("http://", adapter)
+        self.client._http.mount("https://", adapter)
         digest = hashlib.sha1(
             f"{settings.wecom_api_base}|{settings.wecom_corp_id}|{settings.wecom_secret}".encode()).hexdigest()[:16]
         self._token_key = f"czk:wecom:token:{digest}"
         self._lock_key = f"czk:wecom:token-lock:{digest}"
+        self.rate = CallRate(settings.wecom_calls_per_minute, f"czk:wecom:rate:{digest}", redis_client)
 
     # ── the access token ─────────────────────────────────────────────────────
 
@@ -181,6 +264,7 @@ class WeComAPI:
     # ── calls ────────────────────────────────────────────────────────────────
 
     def _guarded(self, call: Callable[[], Any]) -> dict[str, Any]:
+        self.rate.acquire()
         try:
             result = call()
         except WeChatClientException as exc:

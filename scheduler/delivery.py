@@ -11,6 +11,14 @@ pending with a later attempt. Delivery is at least once and looks exactly once t
   first call never reached WeCom, the second delivers it (nothing lost).
 - A row is marked sent only when WeCom accepted it or it was printed to a terminal.
 - A long flush extends the claim of the rows it has not finished, so no other flusher takes them.
+
+Several calls are in flight at once (OUTBOX_CONCURRENCY threads, 24: at 30–100 ms a call, one
+after another would take 8 to 25 minutes for a college's 15,000 Monday cards), under the app's
+cap on calls a minute (WECOM_CALLS_PER_MINUTE, 9,000, below WeCom's 10,000; `bot.wecom_api`).
+The worker threads only make HTTP calls; the database is worked by the flushing thread alone (one
+session): it stores a few calls and marks their rows inflight in one commit before handing them
+to the threads, and records the outcomes of the calls that have finished in one commit after.
+A flush claims the due rows a batch at a time (by ascending id) until none is left.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import logging
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TextIO
@@ -29,6 +38,7 @@ import redis
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from bot import metrics
 from bot.service import Service
 from bot.wecom_api import DUPLICATE_CHECK_MAX_S, MAX_RECIPIENTS, MAX_TEXT_BYTES, WeComAPI, WeComAPIError
 from models.schema import OutboxCall, OutboxMessage, Staff, Student
@@ -41,6 +51,7 @@ BACKOFF_CAP_S = 3600
 PER_MINUTE, PER_HOUR = 30, 1000  # WeCom drops silently what exceeds these, per member
 # What we allow ourselves per member, leaving room for other senders of the same corp.
 OUR_PER_MINUTE, OUR_PER_HOUR = 20, 600
+CLAIM_BATCH = 2000  # rows a flush claims at a time
 SEPARATOR = "\n\n──────\n\n"
 
 
@@ -59,39 +70,56 @@ class DeliveryReport:
 
 
 class RateLimiter:
-    """Messages per member per minute and hour, shared through Redis (or this process)."""
+    """Messages per member per minute and hour, shared through Redis (or this process).
+
+    Counted in clock minutes and hours, and a message is allowed only while this bucket and the one
+    before hold fewer than the limit together: any 60 s (any hour) spans at most two buckets, so no
+    member gets more than OUR_PER_MINUTE in any 60 s nor OUR_PER_HOUR in any hour, wherever the
+    window starts."""
 
     def __init__(self, client: redis.Redis | None) -> None:
         self.client = client
         self._memory: dict[str, int] = defaultdict(int)
 
-    def _keys(self, userid: str, now: float) -> tuple[str, str]:
-        return f"czk:rl:m:{userid}:{int(now // 60)}", f"czk:rl:h:{userid}:{int(now // 3600)}"
+    @staticmethod
+    def _keys(userid: str, now: float) -> tuple[str, str, str, str]:
+        minute, hour = int(now // 60), int(now // 3600)
+        return (f"czk:rl:m:{userid}:{minute}", f"czk:rl:m:{userid}:{minute - 1}",
+                f"czk:rl:h:{userid}:{hour}", f"czk:rl:h:{userid}:{hour - 1}")
 
     def allow(self, userid: str, now: float | None = None) -> bool:
         """Count one message to `userid` if it stays under the limits; False means wait."""
         now = time.time() if now is None else now
-        minute, hour = self._keys(userid, now)
+        minute, last_minute, hour, last_hour = self._keys(userid, now)
         if self.client is not None:
             try:
                 pipe = self.client.pipeline()
                 pipe.incr(minute)
-                pipe.expire(minute, 120)
+                pipe.expire(minute, 180)
+                pipe.get(last_minute)
                 pipe.incr(hour)
-                pipe.expire(hour, 7200)
-                m, _, h, _ = pipe.execute()
-                if m > OUR_PER_MINUTE or h > OUR_PER_HOUR:
+                pipe.expire(hour, 3 * 3600)
+                pipe.get(last_hour)
+                m, _, pm, h, _, ph = pipe.execute()
+                if m + int(pm or 0) > OUR_PER_MINUTE or h + int(ph or 0) > OUR_PER_HOUR:
                     self.client.decr(minute)
                     self.client.decr(hour)
                     return False
                 return True
             except redis.RedisError as exc:
                 log.warning("Redis unavailable for rate limits (%s); counting in this process", exc)
-        if self._memory[minute] >= OUR_PER_MINUTE or self._memory[hour] >= OUR_PER_HOUR:
+        mem = self._memory
+        if mem[minute] + mem[last_minute] >= OUR_PER_MINUTE or mem[hour] + mem[last_hour] >= OUR_PER_HOUR:
             return False
-        self._memory[minute] += 1
-        self._memory[hour] += 1
+        mem[minute] += 1
+        mem[hour] += 1
         return True
+
+    @staticmethod
+    def retry_after(now: datetime) -> datetime:
+        """When a member held back now may get a message: once this minute is the one before."""
+        ts = now.timestamp()
+        return now + timedelta(seconds=60 * (int(ts // 60) + 2) - ts)
 
 
 def utf8_len(text: str) -> int:
@@ -162,6 +190,8 @@ class _Claim:
 
     fresh: list[OutboxMessage]
     resend: dict[str, tuple[dict, list[OutboxMessage]]]
+    taken: int = 0  # rows selected (some may have been flagged too late rather than claimed)
+    last_id: int = 0  # the highest id selected: the next batch starts after it
 
 
 def _due(now: datetime, unknown_calls: bool) -> object:
@@ -177,9 +207,10 @@ def _due(now: datetime, unknown_calls: bool) -> object:
 
 
 def _claim(session: Session, now: datetime, limit: int, claim_s: float, token: str,
-           recipients: set[str] | None, unknown_calls: bool) -> _Claim:
-    """Take what is due for this flush (committed): fresh rows under `token`, unknown calls under their ref."""
-    query = select(OutboxMessage).where(_due(now, unknown_calls))
+           recipients: set[str] | None, unknown_calls: bool, after: int = 0) -> _Claim:
+    """Take what is due for this flush (committed), up to `limit` rows with ids above `after`: fresh
+    rows under `token`, unknown calls under their ref."""
+    query = select(OutboxMessage).where(_due(now, unknown_calls), OutboxMessage.id > after)
     if recipients is not None:
         query = query.where(OutboxMessage.recipient.in_(sorted(recipients)))
     query = query.order_by(OutboxMessage.id).limit(limit)
@@ -218,7 +249,7 @@ def _claim(session: Session, now: datetime, limit: int, claim_s: float, token: s
     session.commit()
     if late:
         log.warning("outbox: %d rows of calls older than the duplicate check flagged, not re-sent", len(late))
-    return _Claim(fresh, resend)
+    return _Claim(fresh, resend, len(rows), max((r.id for r in rows), default=after))
 
 
 def _aware(value: datetime, like: datetime) -> datetime:
@@ -236,7 +267,8 @@ def _forget_calls(session: Session, refs: set[str]) -> None:
 
 
 def _mark(session: Session, rows: list[OutboxMessage], commit: bool = True, **values: object) -> None:
-    session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(**values))
+    session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(**values)
+                    .execution_options(synchronize_session=False))  # the loaded rows are not read again
     if commit:
         session.commit()
 
@@ -249,6 +281,20 @@ def _names(session: Session, userids: set[str]) -> dict[str, str]:
     return names
 
 
+@dataclass
+class _Call:
+    """One message/send: its payload (stored before it is made), the rows it carries, whether it is an
+    unknown call made again; `ref` is None until it is stored."""
+
+    payload: dict
+    rows: list[OutboxMessage]
+    ref: str | None = None
+    resend: bool = False
+
+    def people(self) -> set[str]:
+        return {r.recipient for r in self.rows}
+
+
 class Deliverer:
     """One flush of the outbox through WeCom, or printed to a terminal (the console channel).
 
@@ -257,7 +303,8 @@ class Deliverer:
     """
 
     def __init__(self, service: Service, api: WeComAPI | None, out: TextIO | None = None,
-                 redis_client: redis.Redis | None = None, as_push: bool = False) -> None:
+                 redis_client: redis.Redis | None = None, as_push: bool = False,
+                 concurrency: int | None = None) -> None:
         self.service = service
         self.api = api
         self.out = out
@@ -265,69 +312,266 @@ class Deliverer:
         self.limiter = RateLimiter(redis_client)
         self.report = DeliveryReport()
         self.claim_s = float(service.settings.outbox_claim_seconds)
+        self.concurrency = max(1, concurrency or service.settings.outbox_concurrency)
+        self.window = 2 * self.concurrency  # calls stored and handed out: some wait while the others run
         self.token = "claim:" + uuid.uuid4().hex[:16]  # this flush's claim on its fresh rows
         self._start = time.monotonic()
         self._now = service.now()
         self._extended = self._start
-        self._open_refs: set[str] = set()  # unknown calls claimed and not yet made again
+        self._open_refs: set[str] = set()  # stored calls claimed or handed out and not yet recorded
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[Future, _Call] = {}
+        self._busy: defaultdict[str, int] = defaultdict(int)  # people in calls running → how many calls
+        self._max_calls: int | None = None
 
     def _current(self) -> datetime:
         """The flush's `now` moved on by the time spent since it began."""
         return self._now + timedelta(seconds=time.monotonic() - self._start)
 
-    def flush(self, now: datetime | None = None, limit: int = 10_000, max_calls: int | None = None,
+    def flush(self, now: datetime | None = None, limit: int = CLAIM_BATCH, max_calls: int | None = None,
               recipients: set[str] | None = None) -> DeliveryReport:
-        """Deliver what is due (to `recipients` only, if given); `max_calls` stops early (tests use it
-        to simulate a crash)."""
+        """Deliver what is due (to `recipients` only, if given), claiming `limit` rows at a time;
+        `max_calls` stops early (tests use it to simulate a crash)."""
         if self.api is None and self.out is None:
             return self.report  # no channel that could send: the rows wait
         self._now = now or self.service.now()
         self._start = self._extended = time.monotonic()
+        self._max_calls = max_calls
         with self.service.sessions() as session:
-            claim = _claim(session, self._now, limit, self.claim_s, self.token, recipients,
-                           unknown_calls=self.api is not None)
-            self._open_refs = set(claim.resend)
-            for ref, (payload, rows) in claim.resend.items():
-                if max_calls is not None and self.report.calls >= max_calls:
-                    return self.report
-                self._extend(session)
-                self._open_refs.discard(ref)
-                self.report.calls += 1
-                self._call(session, ref, payload, rows, resend=True)
-            self._flush_fresh(session, claim.fresh, max_calls)
+            try:
+                after = 0
+                while not self._enough():
+                    claim = _claim(session, self._current(), limit, self.claim_s, self.token, recipients,
+                                   unknown_calls=self.api is not None, after=after)
+                    after = claim.last_id
+                    self._open_refs |= set(claim.resend)
+                    calls = [_Call(payload, rows, ref, resend=True) for ref, (payload, rows) in claim.resend.items()]
+                    calls += self._plan(session, claim.fresh)
+                    self._run(session, calls)
+                    if claim.taken < limit:
+                        break
+                while self._running:
+                    self._collect(session, block=True)
+            finally:
+                if self._pool is not None:
+                    # Calls not yet started stay inflight with their stored payload: the next flush makes them.
+                    self._pool.shutdown(wait=True, cancel_futures=True)
+                    self._pool = None
         return self.report
 
-    def _flush_fresh(self, session: Session, rows: list[OutboxMessage], max_calls: int | None) -> None:
-        now = self._now
+    def _enough(self) -> bool:
+        return self._max_calls is not None and self.report.calls >= self._max_calls
+
+    def _plan(self, session: Session, rows: list[OutboxMessage]) -> list[_Call]:
+        """Fresh rows as calls: bundled per person, identical bodies batched; console ones printed now."""
+        now = self._current()
         by_person: dict[str, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_person[row.recipient].append(row)
         calls: dict[tuple[str, str, str, str | None, str | None], list[tuple[str, list[OutboxMessage]]]] = \
             defaultdict(list)
+        held: list[OutboxMessage] = []
         for person, mine in by_person.items():
             for content, group in _groups(mine):
                 channel = "console" if self.api is None or group[0].channel == "console" else "wecom"
                 if channel == "console" and self.out is None:
-                    _mark(session, group, status="pending", claimed_until=None, delivery_ref=None)
+                    _mark(session, group, commit=False, status="pending", claimed_until=None, delivery_ref=None)
                     continue
                 if channel == "wecom" and not self.limiter.allow(person, now.timestamp()):
-                    _mark(session, group, status="pending", claimed_until=None, delivery_ref=None,
-                          next_attempt_at=now + timedelta(seconds=61))
-                    self.report.deferred += len(group)
+                    held += group
                     continue
                 first = group[0]
                 calls[(channel, first.msgtype, content, first.title, first.url)].append((person, group))
+        if held:
+            _mark(session, held, commit=False, status="pending", claimed_until=None, delivery_ref=None,
+                  next_attempt_at=RateLimiter.retry_after(now))
+            self.report.deferred += len(held)
+        session.commit()
         names = _names(session, set(by_person)) if self.out is not None and by_person else {}
+        agent = self.service.settings.wecom_agent_id or ""
+        out: list[_Call] = []
         for (channel, msgtype, content, title, url), recipients in calls.items():
             for start in range(0, len(recipients), MAX_RECIPIENTS):
-                if max_calls is not None and self.report.calls >= max_calls:
-                    return
                 chunk = recipients[start:start + MAX_RECIPIENTS]
-                self._extend(session)
                 if channel == "console":
+                    if self._enough():
+                        break
+                    self._extend(session)
                     self._print(session, content if not title else f"{title}\n{content}", chunk, names)
+                    continue
+                payload = dict(_payload(msgtype, content, title, url), touser="|".join(p for p, _g in chunk),
+                               agentid=int(agent) if agent.isdigit() else agent, safe=0,
+                               enable_duplicate_check=1, duplicate_check_interval=DUPLICATE_CHECK_S)
+                out.append(_Call(payload, [r for _p, group in chunk for r in group]))
+        return out
+
+    # ── calls in flight ─────────────────────────────────────────────────────
+
+    def _run(self, session: Session, calls: list[_Call]) -> None:
+        """Hand the calls out to the threads, a few at a time, recording outcomes as they come. A
+        person's calls go one after another, in order (an unknown call made again before new ones)."""
+        waiting = deque(calls)
+        while waiting and not self._enough():
+            room = self.window - len(self._running)
+            if self._max_calls is not None:
+                room = min(room, self._max_calls - self.report.calls)
+            batch = self._next(waiting, room) if room > 0 else []
+            if not batch:
+                self._collect(session, block=True)
+                continue
+            self._extend(session)
+            for call in self._store(session, batch):
+                self._hand_out(call)
+            self._collect(session, block=False)
+        if waiting:  # stopped early: unknown calls stay inflight, fresh rows stay claimed (both lapse)
+            self._open_refs -= {c.ref for c in waiting if c.ref}
+
+    def _next(self, waiting: deque[_Call], room: int) -> list[_Call]:
+        """Up to `room` waiting calls none of whose people is in a call still running or before them."""
+        busy = set(self._busy)
+        batch: list[_Call] = []
+        skipped: list[_Call] = []
+        while waiting and len(batch) < room and len(skipped) < 4 * self.window:
+            call = waiting.popleft()
+            people = call.people()
+            (skipped if people & busy else batch).append(call)
+            busy |= people
+        waiting.extendleft(reversed(skipped))
+        return batch
+
+    def _store(self, session: Session, calls: list[_Call]) -> list[_Call]:
+        """Store each fresh call and mark its rows inflight under its ref, in one commit for them all
+        (calls made again are stored already). A call whose rows another flusher has taken (our claim
+        lapsed) is dropped: they are its now."""
+        while True:
+            now = self._current()
+            lost: _Call | None = None
+            for call in calls:
+                if call.resend:
+                    continue
+                call.ref = uuid.uuid4().hex[:16]
+                ids = [r.id for r in call.rows]
+                taken = session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending",
+                           OutboxMessage.delivery_ref == self.token)
+                    .values(status="inflight", delivery_ref=call.ref,
+                            claimed_until=now + timedelta(seconds=self.claim_s))
+                    .execution_options(synchronize_session=False))
+                if taken.rowcount != len(ids):
+                    lost = call
+                    break
+                session.add(OutboxCall(ref=call.ref, payload=json.dumps(call.payload, ensure_ascii=False),
+                                       created_at=now))
+            if lost is None:
+                session.commit()
+                return calls
+            session.rollback()
+            ids = [r.id for r in lost.rows]
+            session.execute(update(OutboxMessage)
+                            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending",
+                                   OutboxMessage.delivery_ref == self.token)
+                            .values(status="pending", claimed_until=None, delivery_ref=None)
+                            .execution_options(synchronize_session=False))
+            session.commit()
+            log.warning("outbox: claim lost on %d rows; left to the flusher that took them", len(ids))
+            calls = [c for c in calls if c is not lost]
+
+    def _hand_out(self, call: _Call) -> None:
+        assert self.api is not None and call.ref is not None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox")
+        self._open_refs.add(call.ref)
+        for person in call.people():
+            self._busy[person] += 1
+        self.report.calls += 1
+        self._running[self._pool.submit(self.api.post, "message/send", call.payload)] = call
+
+    def _collect(self, session: Session, block: bool) -> None:
+        """Record the outcome of every call that has finished, in one commit."""
+        if not self._running:
+            return
+        done, _ = wait(list(self._running), timeout=1.0 if block else 0, return_when=FIRST_COMPLETED)
+        if not done:
+            self._extend(session)
+            return
+        now = self._current()
+        sent: list[OutboxMessage] = []
+        invalid: list[OutboxMessage] = []
+        finished: set[str] = set()  # calls no row of which waits any more
+        shared: set[str] = set()  # calls made again: other rows (not claimed by us) may still wait for them
+        for future in done:
+            call = self._running.pop(future)
+            assert call.ref is not None
+            for person in call.people():
+                self._busy[person] -= 1
+                if not self._busy[person]:
+                    del self._busy[person]
+            self._open_refs.discard(call.ref)
+            (shared if call.resend else finished).add(call.ref)
+            try:
+                result = future.result()
+            except WeComAPIError as exc:
+                if self._failed_call(session, call, exc, now):
+                    finished.discard(call.ref)
+                    shared.add(call.ref)
+                continue
+            except Exception as exc:  # a bug below us: the outcome is unknown, so keep the call bound
+                log.exception("outbox: a WeCom call raised")
+                self._failed_call(session, call, WeComAPIError(None, type(exc).__name__), now)
+                finished.discard(call.ref)
+                shared.add(call.ref)
+                continue
+            refused = set(filter(None, str(result.get("invaliduser", "")).split("|")))
+            for row in call.rows:
+                (invalid if row.recipient in refused else sent).append(row)
+        if sent:
+            _mark(session, sent, commit=False, status="sent", sent_at=now, claimed_until=None,
+                  attempts=OutboxMessage.attempts + 1, last_error=None)
+            self.report.sent += len(sent)
+        if invalid:
+            _mark(session, invalid, commit=False, status="failed", claimed_until=None,
+                  attempts=OutboxMessage.attempts + 1, last_error="无效的成员账号（invaliduser）")
+            self.report.failed += len(invalid)
+            self.report.failures += [f"{r.recipient}: invaliduser" for r in invalid]
+        if finished:  # every row of a fresh call is ours and none is inflight now
+            session.execute(delete(OutboxCall).where(OutboxCall.ref.in_(sorted(finished))))
+        _forget_calls(session, shared)
+        session.commit()
+
+    def _failed_call(self, session: Session, call: _Call, exc: WeComAPIError, now: datetime) -> bool:
+        """Record a failed call (without committing); True if rows stay bound to its stored payload."""
+        metrics.delivery_error(self.service.settings.redis_url, exc.errcode)
+        rows = call.rows
+        reason = f"{exc.errcode}: {exc.errmsg}" + (f" (HTTP {exc.http_status})" if exc.http_status else "")
+        bound = False
+        if exc.retryable or (exc.http_status or 0) >= 500:
+            # No answer (errcode None): WeCom may have taken the call, and a re-send of a call that
+            # was unknown may follow one that was delivered. Either way the rows stay bound to the
+            # stored payload (inflight, due again when the back-off ends), so the duplicate check can
+            # recognise it. Only a first call WeCom refused with an errcode goes back to pending.
+            bound = call.resend or exc.errcode is None
+            delay = backoff(max(r.attempts for r in rows) + 1)
+            for row in rows:
+                attempts = row.attempts + 1
+                if attempts >= MAX_ATTEMPTS:
+                    _mark(session, [row], commit=False, status="failed", attempts=attempts, claimed_until=None,
+                          last_error=f"重试 {attempts} 次仍失败：{reason}")
+                    self.report.failed += 1
+                elif bound:
+                    _mark(session, [row], commit=False, status="inflight", attempts=attempts,
+                          claimed_until=now + delay, last_error=reason)
+                    self.report.deferred += 1
                 else:
-                    self._send(session, _payload(msgtype, content, title, url), chunk)
+                    _mark(session, [row], commit=False, status="pending", attempts=attempts, claimed_until=None,
+                          next_attempt_at=now + delay, last_error=reason)
+                    self.report.deferred += 1
+        else:
+            _mark(session, rows, commit=False, status="failed", attempts=OutboxMessage.attempts + 1,
+                  claimed_until=None, last_error=reason)
+            self.report.failed += len(rows)
+            self.report.failures += [f"{r.recipient}: {reason}" for r in rows]
+        return bound
 
     def _extend(self, session: Session) -> None:
         """Keep this flush's unfinished rows claimed: once a third of the claim has passed, renew it."""
@@ -356,96 +600,6 @@ class Deliverer:
                   delivery_ref="console")
             self.report.printed += len(group)
         self.report.calls += 1
-
-    def _send(self, session: Session, payload: dict, chunk: list[tuple[str, list[OutboxMessage]]]) -> None:
-        """Store the call and mark its rows inflight in one commit, then make it."""
-        rows = [r for _p, group in chunk for r in group]
-        ref = uuid.uuid4().hex[:16]
-        agent = self.service.settings.wecom_agent_id or ""
-        payload = dict(payload, touser="|".join(p for p, _g in chunk),
-                       agentid=int(agent) if agent.isdigit() else agent, safe=0,
-                       enable_duplicate_check=1, duplicate_check_interval=DUPLICATE_CHECK_S)
-        now = self._current()
-        ids = [r.id for r in rows]
-        taken = session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending",
-                   OutboxMessage.delivery_ref == self.token)
-            .values(status="inflight", delivery_ref=ref, claimed_until=now + timedelta(seconds=self.claim_s))
-            .execution_options(synchronize_session=False))
-        if taken.rowcount != len(ids):
-            # Our claim lapsed and another flusher took some of these rows: they are its now.
-            session.rollback()
-            session.execute(update(OutboxMessage)
-                            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending",
-                                   OutboxMessage.delivery_ref == self.token)
-                            .values(status="pending", claimed_until=None, delivery_ref=None)
-                            .execution_options(synchronize_session=False))
-            session.commit()
-            log.warning("outbox: claim lost on %d rows; left to the flusher that took them", len(ids))
-            return
-        session.add(OutboxCall(ref=ref, payload=json.dumps(payload, ensure_ascii=False), created_at=now))
-        session.commit()
-        self.report.calls += 1
-        self._call(session, ref, payload, rows, resend=False)
-
-    def _call(self, session: Session, ref: str, payload: dict, rows: list[OutboxMessage], resend: bool) -> None:
-        """Make one stored call and record its outcome (one commit, which also drops the stored call
-        once no row waits for it)."""
-        assert self.api is not None
-        try:
-            result = self.api.post("message/send", payload)
-        except WeComAPIError as exc:
-            self._failed_call(session, ref, rows, exc, resend)
-            return
-        now = self._current()
-        invalid = set(filter(None, str(result.get("invaliduser", "")).split("|")))
-        bad = [r for r in rows if r.recipient in invalid]
-        good = [r for r in rows if r.recipient not in invalid]
-        if good:
-            _mark(session, good, commit=False, status="sent", sent_at=now, claimed_until=None, delivery_ref=ref,
-                  attempts=OutboxMessage.attempts + 1, last_error=None)
-            self.report.sent += len(good)
-        if bad:
-            _mark(session, bad, commit=False, status="failed", claimed_until=None,
-                  attempts=OutboxMessage.attempts + 1, last_error="无效的成员账号（invaliduser）", delivery_ref=ref)
-            self.report.failed += len(bad)
-            self.report.failures += [f"{r.recipient}: invaliduser" for r in bad]
-        _forget_calls(session, {ref})
-        session.commit()
-
-    def _failed_call(self, session: Session, ref: str, rows: list[OutboxMessage], exc: WeComAPIError,
-                     resend: bool) -> None:
-        now = self._current()
-        reason = f"{exc.errcode}: {exc.errmsg}" + (f" (HTTP {exc.http_status})" if exc.http_status else "")
-        if exc.retryable or (exc.http_status or 0) >= 500:
-            # No answer (errcode None): WeCom may have taken the call, and a re-send of a call that
-            # was unknown may follow one that was delivered. Either way the rows stay bound to the
-            # stored payload (inflight, due again when the back-off ends), so the duplicate check can
-            # recognise it. Only a first call WeCom refused with an errcode goes back to pending.
-            bound = resend or exc.errcode is None
-            delay = backoff(max(r.attempts for r in rows) + 1)
-            for row in rows:
-                attempts = row.attempts + 1
-                if attempts >= MAX_ATTEMPTS:
-                    _mark(session, [row], commit=False, status="failed", attempts=attempts, claimed_until=None,
-                          last_error=f"重试 {attempts} 次仍失败：{reason}")
-                    self.report.failed += 1
-                elif bound:
-                    _mark(session, [row], commit=False, status="inflight", attempts=attempts,
-                          claimed_until=now + delay, last_error=reason)
-                    self.report.deferred += 1
-                else:
-                    _mark(session, [row], commit=False, status="pending", attempts=attempts, claimed_until=None,
-                          next_attempt_at=now + delay, last_error=reason)
-                    self.report.deferred += 1
-        else:
-            _mark(session, rows, commit=False, status="failed", attempts=OutboxMessage.attempts + 1,
-                  claimed_until=None, last_error=reason)
-            self.report.failed += len(rows)
-            self.report.failures += [f"{r.recipient}: {reason}" for r in rows]
-        _forget_calls(session, {ref})
-        session.commit()
 
 
 def retry_failed(session: Session, ids: list[int] | None = None) -> int:

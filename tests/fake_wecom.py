@@ -18,6 +18,9 @@ per member (errcode 0 all the same); `received` holds what was delivered and
 received within `duplicate_check_interval` seconds (default 1800, at most
 4 hours); errcode 0 all the same, the suppressed content is in `duplicates`.
 
+Every call can take time, as WeCom's 20–100 ms do (`FakeWeCom(latency=0.03)`), and for a
+benchmark of thousands of calls `keep_bodies=False` records calls without their bodies.
+
 To crash a caller after WeCom took its message, hold the answer:
 
     fake.hold_next(path="message/send")   # the next call is delivered, its answer held
@@ -94,8 +97,11 @@ class FakeWeCom:
     """A threaded HTTP server speaking the bits of the WeCom API the service uses."""
 
     def __init__(self, corp_id: str = "wwfake0000corp", secret: str = "fake-secret-0123456789",
-                 agent_id: int = 1000002, expires_in: int = 7200, known_users: set[str] | None = None) -> None:
+                 agent_id: int = 1000002, expires_in: int = 7200, known_users: set[str] | None = None,
+                 latency: float = 0.0, keep_bodies: bool = True) -> None:
         self.corp_id = corp_id
+        self.latency = latency  # seconds every call takes before it is handled
+        self.keep_bodies = keep_bodies  # False: calls are recorded without their bodies
         self.secret = secret
         self.agent_id = agent_id
         self.expires_in = expires_in
@@ -111,6 +117,8 @@ class FakeWeCom:
         self._release = threading.Event()
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most calls it was serving at once
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -196,6 +204,11 @@ class FakeWeCom:
         with self._lock:
             return sum(1 for c in self.calls if c.path == path)
 
+    def delivery_times(self) -> dict[str, list[float]]:
+        """When each member was delivered a message (time.time()), over the last hour."""
+        with self._lock:
+            return {user: list(times) for user, times in self._deliveries.items()}
+
     def sent_messages(self) -> list[dict[str, Any]]:
         """The bodies of the message/send calls that were accepted (errcode 0)."""
         with self._lock:
@@ -204,6 +217,16 @@ class FakeWeCom:
     # ── the API ──────────────────────────────────────────────────────────────
 
     def _serve(self, http: BaseHTTPRequestHandler, method: str) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._serve_one(http, method)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _serve_one(self, http: BaseHTTPRequestHandler, method: str) -> None:
         url = urlsplit(http.path)
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         length = int(http.headers.get("Content-Length") or 0)
@@ -213,12 +236,14 @@ class FakeWeCom:
         except (UnicodeDecodeError, ValueError):
             body = raw.decode("utf-8", "replace")
         path = url.path[len(PREFIX):] if url.path.startswith(PREFIX) else url.path
-        call = Call(method, path, params, body)
+        call = Call(method, path, params, body if self.keep_bodies else None)
         with self._lock:
             self.calls.append(call)
             fault = next((f for f in self._faults if f.path in (None, path)), None)
             if fault is not None:
                 self._faults.remove(fault)
+        if self.latency:
+            time.sleep(self.latency)
         if fault is not None and not fault.hold:
             if fault.delay:
                 time.sleep(fault.delay)

@@ -155,20 +155,21 @@ def test_nothing_is_marked_sent_without_a_channel_that_sent_it(clean_db, db_url)
 
 
 def test_a_long_flush_keeps_its_rows_from_another_flusher(clean_db, db_url, redis_url, fake):
-    service = Service(wecom_settings(db_url, redis_url, fake, outbox_claim_seconds=3.0))  # the real clock
-    people = [f"t{i:02d}" for i in range(12)]
+    service = Service(wecom_settings(db_url, redis_url, fake, outbox_claim_seconds=3.0,  # the real clock
+                                     outbox_concurrency=2))
+    people = [f"t{i:02d}" for i in range(24)]
     queue(service, *[(p, "p", "1", f"给{p}") for p in people])
-    fake.fail_next(12, delay=0.5, path="message/send")  # each call takes half a second: 6 s in all
+    fake.fail_next(24, delay=0.5, path="message/send")  # half a second each, two at a time: 6 s in all
     started = time.time()
     worker = threading.Thread(target=lambda: make_deliverer(service).flush())
     worker.start()
     while time.time() < started + 3.5:  # past the first flusher's original claim
         time.sleep(0.05)
-    assert worker.is_alive() and fake.calls_to("message/send") < 12
+    assert worker.is_alive() and fake.calls_to("message/send") < 24
     other = make_deliverer(service).flush()
     worker.join()
     assert other.calls == 0
-    assert fake.calls_to("message/send") == 12
+    assert fake.calls_to("message/send") == 24
     assert all(fake.received[p] == [f"给{p}"] for p in people) and not fake.duplicates
     assert {r.status for r in rows(service)} == {"sent"}
 
