@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test lint bench-webhook clean
+.PHONY: demo test lint bench-webhook bench-college bench-delivery bench-fuzz clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ lint: $(VENV)/.installed
 
 bench-webhook: $(VENV)/.installed
 	$(PY) bench/webhook.py
+
+bench-college: $(VENV)/.installed
+	$(PY) bench/college.py
+
+bench-delivery: $(VENV)/.installed
+	$(PY) bench/delivery.py
+
+bench-fuzz: $(VENV)/.installed
+	$(PY) bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
