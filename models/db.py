@@ -111,6 +111,7 @@ class ConnectionLost(Exception):
 # Taken one by one in the array's (ascending) order: two writers never wait on each other crosswise.
 # (In psycopg's parameter style; SQLAlchemy's text() gets it with :keys.)
 _LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(%(keys)s AS bigint[])) AS k) AS keys"
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 
 
 def advisory_key(text: str) -> int:
@@ -190,12 +191,7 @@ class StatementConnections:
         dbapi = self.engine.dialect.loaded_dbapi
         conn, since = self._borrow()
         try:
-            if locks:
-                with conn.transaction():
-                    conn.execute(_LOCK_KEYS, {"keys": sorted(set(locks))})
-                    rows = conn.execute(sql, params).fetchall()
-            else:
-                rows = conn.execute(sql, params).fetchall()
+            rows = self._locked(conn, sql, params, locks) if locks else conn.execute(sql, params).fetchall()
         except dbapi.OperationalError as exc:
             broken = conn.closed or getattr(conn, "broken", False)
             self._discard(conn)
@@ -213,6 +209,24 @@ class StatementConnections:
             raise
         self._give_back(conn, since)
         return rows
+
+    @staticmethod
+    def _locked(conn, sql: str, params: dict, locks: list[int]) -> list[tuple]:  # noqa: ANN001
+        """BEGIN, the locks, the statement and COMMIT in one round trip (psycopg's pipeline mode:
+        a third of the client CPU of a transaction block's four round trips). On an error the
+        transaction is rolled back, so the connection goes back to the pool idle."""
+        keys = "{" + ",".join(str(k) for k in sorted(set(locks))) + "}"  # a text parameter: cheap to send
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute(_LOCK_KEYS, {"keys": keys})
+                cursor = conn.execute(sql, params)
+                conn.execute("COMMIT")
+            return cursor.fetchall()
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != _IDLE:
+                conn.execute("ROLLBACK")
+            raise
 
 
 T = TypeVar("T")
