@@ -111,7 +111,6 @@ class ConnectionLost(Exception):
 # Taken one by one in the array's (ascending) order: two writers never wait on each other crosswise.
 # (In psycopg's parameter style; SQLAlchemy's text() gets it with :keys.)
 _LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(%(keys)s AS bigint[])) AS k) AS keys"
-_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 
 
 def advisory_key(text: str) -> int:
@@ -210,11 +209,12 @@ class StatementConnections:
         self._give_back(conn, since)
         return rows
 
-    @staticmethod
-    def _locked(conn, sql: str, params: dict, locks: list[int]) -> list[tuple]:  # noqa: ANN001
+    def _locked(self, conn, sql: str, params: dict, locks: list[int]) -> list[tuple]:  # noqa: ANN001
         """BEGIN, the locks, the statement and COMMIT in one round trip (psycopg's pipeline mode:
         a third of the client CPU of a transaction block's four round trips). On an error the
-        transaction is rolled back, so the connection goes back to the pool idle."""
+        connection is closed (and so replaced): an aborted pipeline can leave psycopg believing a
+        statement prepared that the server never prepared ('prepared statement does not exist' on
+        its next use)."""
         keys = "{" + ",".join(str(k) for k in sorted(set(locks))) + "}"  # a text parameter: cheap to send
         try:
             with conn.pipeline():
@@ -223,9 +223,10 @@ class StatementConnections:
                 cursor = conn.execute(sql, params)
                 conn.execute("COMMIT")
             return cursor.fetchall()
+        except self.engine.dialect.loaded_dbapi.OperationalError:
+            raise  # fetchall discards the connection, and tells a lost one from a refusal
         except BaseException:
-            if not conn.closed and conn.info.transaction_status != _IDLE:
-                conn.execute("ROLLBACK")
+            conn.close()  # the transaction ends with it; _borrow never lends a closed connection
             raise
 
 
