@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import psycopg
 import redis
 import requests
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -43,6 +42,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.college import drop_database, recreate_database  # noqa: E402
 from models.catalogue import load_catalogue  # noqa: E402
 from models.schema import AuditLog, PlanTask, ProcessedMessage, ScoreEntry, Staff  # noqa: E402
 from tests.factories import small_college  # noqa: E402
@@ -60,15 +60,8 @@ WECHAT_TIMEOUT_S = 5.0
 
 
 def fresh_database() -> str:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    recreate_database(PG_ADMIN, DB_NAME)
     return f"{PG_BASE}/{DB_NAME}"
-
-
-def drop_database() -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
 
 
 def load_college(url: str) -> Vocabulary:
@@ -197,7 +190,7 @@ def main() -> int:
             tracebacks = server.log.read_text(errors="replace").count("Traceback")
         wrong, processed, distinct = partial_writes(url, outcomes)
     finally:
-        drop_database()
+        drop_database(PG_ADMIN, DB_NAME)
 
     seconds = [o.seconds for o in outcomes]
     server_errors = sum(1 for o in outcomes if o.status is not None and o.status >= 500)
