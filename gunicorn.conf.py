@@ -31,8 +31,13 @@ if _OWN_METRICS_DIR:
 
 
 def on_starting(server):  # noqa: ANN001, ANN201
-    """Counts of an earlier run of the master are not this run's."""
+    """Counts of an earlier run of the master are not this run's. prometheus_client is imported
+    here, in the master before any worker is forked (the directory is already in the environment),
+    so that child_exit never imports it: it runs in the SIGCHLD handler, and a second worker exiting
+    during that import re-entered it half done (ImportError, and the master exited 1 on SIGTERM)."""
     import glob
+
+    import prometheus_client.multiprocess  # noqa: F401
 
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(path)
@@ -40,7 +45,7 @@ def on_starting(server):  # noqa: ANN001, ANN201
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201
     """A dead worker's counters still count; its live gauges (if any) no longer do."""
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # already imported by on_starting
 
     multiprocess.mark_process_dead(worker.pid)
 
