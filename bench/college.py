@@ -19,7 +19,7 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
      without a state (cold, for reference), then, after last week's digest has left its state
      (untimed), this week's (the weekly run the target is for);
    - the raw scan aggregate (per student, the rule points over each rule's window, the
-     windows from models/risk_rules.toml) and the daily risk scan (models.risk.scan, rolled back);
+     windows from models/risk/risk_rules.toml) and the daily risk scan (models.risk.scan, rolled back);
    - 1,000 card queries (models.scores.student_card for random students): p50 and p99;
    - the peak RSS of the process;
 3. prints each figure, its ratio to its raw aggregate and PASS/FAIL per target

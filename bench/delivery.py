@@ -52,9 +52,9 @@ from bench.college import (  # noqa: E402
     recreate_database,
 )
 from bot.cli import upgrade_database  # noqa: E402
-from bot.config import load_settings  # noqa: E402
-from bot.service import Service  # noqa: E402
+from core.config import load_settings  # noqa: E402
 from models.schema import OutboxMessage  # noqa: E402
+from models.service import Service  # noqa: E402
 from tests.fake_wecom import FakeWeCom  # noqa: E402
 
 WEEKS = 2  # of score entries; the cards are for the second

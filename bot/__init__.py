@@ -6,8 +6,8 @@ import logging
 
 from flask import Flask
 
-from bot.config import Settings, load_settings
-from bot.service import Service
+from core.config import Settings, load_settings
+from models.service import Service
 
 
 def create_app(settings: Settings | dict | None = None, service: Service | None = None) -> Flask:
@@ -28,7 +28,7 @@ def create_app(settings: Settings | dict | None = None, service: Service | None 
 
     app.register_blueprint(web)
     if service.settings.wecom_enabled:
-        from bot.wecom import wecom
+        from bot.channels.wecom import wecom
 
         app.register_blueprint(wecom)
     register_cli(app)

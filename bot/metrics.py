@@ -101,7 +101,7 @@ class StateCollector(Collector):
     job's last success, delivery errors by errcode. One process's view is everyone's: it is read
     from the database and Redis."""
 
-    def __init__(self, service) -> None:  # noqa: ANN001  (bot.service.Service; imported late)
+    def __init__(self, service) -> None:  # noqa: ANN001  (models.service.Service; imported late)
         self.service = service
 
     def collect(self) -> Iterator[Metric]:

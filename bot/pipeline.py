@@ -10,20 +10,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import handlers  # noqa: F401  (registers every command)
-from bot import metrics, templating
-from bot.messages import IncomingMessage, Reply
-from bot.service import Service
-from bot.templating import render
+from bot import metrics
+from core import render as templating
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, UnitOfWork, clean_text, registry
 from models.db import ConnectionLost
 from models.directory import console_user
 from models.errors import log_failure
 from models.schema import ProcessedMessage
+from models.service import Service
 
 log = logging.getLogger(__name__)
 
 # A retry that arrives while the first delivery is still being handled waits this long for the
-# first one's reply (WeChat gives each attempt 5 s). Longer than a claim lives (bot.dedupe.CLAIM_TTL):
+# first one's reply (WeChat gives each attempt 5 s). Longer than a claim lives (core.claims.CLAIM_TTL):
 # a retry never gives up on a message whose handler died; it takes the lapsed claim over instead.
 TWIN_WAIT_S = 4.0
 

@@ -102,7 +102,7 @@ def export_download(token: str):  # noqa: ANN201
     from flask import send_file
     from itsdangerous import BadData, SignatureExpired
 
-    from bot.templating import render
+    from core.render import render
     from handlers.export import LINK_HOURS, XLSX, export_filename, export_workbook, may_export, read_export
     from models.authz import load_actor
     from models.schema import SchoolClass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, registry
 from models.authz import View, class_view, student_view, viewable_classes
 from models.catalogue import DOMAINS

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, registry
 from models.digest import build_college, digest_context, overview_is_quick, render_text, scope_of
 from models.schema import OverviewRequest

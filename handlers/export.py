@@ -21,9 +21,9 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.config import ROOT
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.config import ROOT
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, registry
 from models.authz import SENSITIVE_ROLES, Actor, acts_on
 from models.catalogue import Catalogue
@@ -83,7 +83,7 @@ def export_filename(klass: SchoolClass, today: date) -> str:
 def export_workbook(session: Session, catalogue: Catalogue, klass: SchoolClass, actor: Actor,
                     today: date) -> bytes:
     """The class's workbook as the requester may see it: the analysis report and the card sheet."""
-    from models.excel import report_workbook, workbook_bytes  # noqa: PLC0415  (openpyxl only when used)
+    from models.io.excel import report_workbook, workbook_bytes  # noqa: PLC0415  (openpyxl only when used)
 
     wb = report_workbook(session, catalogue, klass, today, sensitive=sees_sensitive(actor, klass.id))
     return workbook_bytes(wb)

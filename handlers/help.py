@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, registry
 from models.authz import recordable_classes
 

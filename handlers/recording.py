@@ -13,8 +13,8 @@ from functools import partial
 
 from sqlalchemy import select
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, registry
 from models.authz import may_record, recordable_classes
 from models.catalogue import ScorePoint

@@ -8,8 +8,8 @@ from datetime import date
 
 from sqlalchemy.orm import Session
 
-from bot.config import Settings
-from bot.messages import IncomingMessage, Reply
+from core.config import Settings
+from core.messages import IncomingMessage, Reply
 from models.authz import Actor
 from models.catalogue import Catalogue, normalise
 from models.directory import Directory

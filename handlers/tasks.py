@@ -6,8 +6,8 @@ import re
 
 from sqlalchemy import select
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.registry import Context, clean_text, registry
 from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
 from models.outbox import enqueue

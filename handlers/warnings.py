@@ -9,8 +9,8 @@ import logging
 import re
 from collections.abc import Sequence
 
-from bot.messages import IncomingMessage, Reply
-from bot.templating import render
+from core.messages import IncomingMessage, Reply
+from core.render import render
 from handlers.card import find_student
 from handlers.registry import Context, registry
 from models import risk

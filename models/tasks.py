@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import roster
-from models.roster import (
+from models.io import roster
+from models.io.roster import (
     NEW,
     SAME,
     UPDATED,

@@ -14,7 +14,7 @@ pending with a later attempt. Delivery is at least once and looks exactly once t
 
 Several calls are in flight at once (OUTBOX_CONCURRENCY threads, 24: at 30–100 ms a call, one
 after another would take 8 to 25 minutes for a college's 15,000 Monday cards), under the app's
-cap on calls a minute (WECOM_CALLS_PER_MINUTE, 9,000, below WeCom's 10,000; `bot.wecom_api`).
+cap on calls a minute (WECOM_CALLS_PER_MINUTE, 9,000, below WeCom's 10,000; `wechat.wecom_api`).
 The worker threads only make HTTP calls; the database is worked by the flushing thread alone (one
 session): it stores a few calls and marks their rows inflight in one commit before handing them
 to the threads, and records the outcomes of the calls that have finished in one commit after.
@@ -39,9 +39,9 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot import metrics
-from bot.service import Service
-from bot.wecom_api import DUPLICATE_CHECK_MAX_S, MAX_RECIPIENTS, MAX_TEXT_BYTES, WeComAPI, WeComAPIError
 from models.schema import OutboxCall, OutboxMessage, Staff, Student
+from models.service import Service
+from wechat.wecom_api import DUPLICATE_CHECK_MAX_S, MAX_RECIPIENTS, MAX_TEXT_BYTES, WeComAPI, WeComAPIError
 
 log = logging.getLogger(__name__)
 

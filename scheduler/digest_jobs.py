@@ -5,7 +5,7 @@ The data is computed once per run for the whole college (models/digest.py) and s
 recipient. Each digest is WeCom markdown within 2048 bytes; a longer one is split into
 numbered parts whose period keys are the ISO week with "-1", "-2" …. A recipient who already
 has any part of the week's digest gets nothing new, so a rerun queues nothing. The run also keeps
-the card values as of the week's Sunday (models/digest_values.py), in the same transaction, for
+the card values as of the week's Sunday (models/digest/values.py), in the same transaction, for
 next week's digest: once per week, whatever reruns (a rerun or a concurrent run keeps the first).
 
 Schedule: WEEKLY_DIGEST_CRON, `[DAYS] HH:MM` in APP_TIMEZONE (default `mon 07:50`: WeCom

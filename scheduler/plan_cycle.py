@@ -39,7 +39,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.templating import render
+from core.render import render
 from models.expected import PLAN_DOCUMENTS, recorder_scopes
 from models.outbox import enqueue
 from models.periods import period_key, week_key

@@ -44,8 +44,8 @@ from apscheduler.triggers.cron import CronTrigger
 from dotenv import load_dotenv
 from sqlalchemy import select
 
-from bot.config import ROOT
-from bot.templating import render
+from core.config import ROOT
+from core.render import render
 from models.catalogue import Catalogue
 from models.expected import Missing, expected_points, missing_entries
 from models.outbox import enqueue

@@ -10,7 +10,7 @@ Schedules come from the environment, read once here, as `[DAYS] HH:MM` (see sche
 - `WARNING_ESCALATION_CRON` (`hour=8-20 00:25`: hourly at :25 from 08:25 to 20:25): warnings still
   open after WARNING_ESCALATE_AFTER_DAYS (3) go to the department's 学工办 and 系部主任.
 
-The delay and the weekly cap per person are in models/risk_rules.toml ([policy]), overridable by
+The delay and the weekly cap per person are in models/risk/risk_rules.toml ([policy]), overridable by
 WARNING_ESCALATE_AFTER_DAYS and WARNING_WEEKLY_CAP.
 """
 

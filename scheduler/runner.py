@@ -40,9 +40,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
-from bot.service import Service
 from models.errors import error_code, log_failure
 from models.schema import JobRun, Lease
+from models.service import Service
 from scheduler.registry import JOBS, JobContext
 
 log = logging.getLogger(__name__)

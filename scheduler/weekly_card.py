@@ -39,11 +39,11 @@ from statistics import fmean
 from dotenv import load_dotenv
 from sqlalchemy import select
 
-from bot.config import ROOT
-from bot.templating import render
+from core.config import ROOT
+from core.render import render
 from models.card import Card, Entry
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.excel import card_from_entries, load_entries
+from models.io.excel import card_from_entries, load_entries
 from models.outbox import Draft, enqueue_many
 from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import OutboxMessage, SchoolClass, Staff, Student

@@ -6,10 +6,10 @@ import itertools
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from bot.config import load_settings
-from bot.messages import IncomingMessage
 from bot.pipeline import handle_message
-from bot.service import Service
+from core.config import load_settings
+from core.messages import IncomingMessage
+from models.service import Service
 
 _ids = itertools.count(1)
 

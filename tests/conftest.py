@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot.config import ROOT
+from core.config import ROOT
 from models import schema  # noqa: F401  (registers the tables)
 from models.catalogue import load_catalogue
 from models.db import Base, make_engine, make_sessionmaker

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from bot.config import ROOT
+from core.config import ROOT
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from bot.cli import upgrade_database
-from bot.config import ROOT
+from core.config import ROOT
 from models.db import Base
 
 

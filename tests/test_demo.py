@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from models.authz import load_actor, may_record
 from models.catalogue import ROLES
-from models.demo import DEFAULT_USER, DemoReport, demo_people, load_demo
+from models.io.demo import DEFAULT_USER, DemoReport, demo_people, load_demo
 from models.periods import period_key
 from models.schema import (
     AuditLog,

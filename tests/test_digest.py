@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 import scheduler.jobs  # noqa: F401  (registers every job)
 from models.catalogue import DOMAINS
-from models.demo import load_demo
 from models.digest import (
     MAX_BYTES,
     PURPOSE,
@@ -25,6 +24,7 @@ from models.digest import (
     render_markdown,
     render_text,
 )
+from models.io.demo import load_demo
 from models.schema import (
     Department,
     OutboxMessage,

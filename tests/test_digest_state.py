@@ -1,4 +1,4 @@
-"""The weekly digest's state (models/digest_values.py): week after week the incremental numbers are
+"""The weekly digest's state (models/digest/values.py): week after week the incremental numbers are
 those computed from scratch and those of the cards.
 
 The demo college is loaded up to Sunday 12 October 2025; then five weeks are recorded through the
@@ -22,11 +22,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import delete, func, select
 
-import models.digest_values as dv
+import models.digest.values as dv
 import models.scores as scores
 import scheduler.jobs  # noqa: F401  (registers every job)
 from models.catalogue import DOMAINS
-from models.demo import load_demo
 from models.digest import (
     PURPOSE,
     _zone,
@@ -37,6 +36,7 @@ from models.digest import (
     recipients,
     render_markdown,
 )
+from models.io.demo import load_demo
 from models.periods import place
 from models.schema import DigestState, OutboxMessage, SchoolClass, ScoreEntry, Staff, Student
 from models.scores import PlannedEntry, load_calendar, record_entries, revoke, student_card

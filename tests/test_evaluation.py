@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from bot.config import load_settings
-from bot.service import Service
+from core.config import load_settings
 from models.db import StatementConnections, make_sessionmaker, savepoint
 from models.periods import place
 from models.schema import (
@@ -32,6 +31,7 @@ from models.schema import (
     Student,
 )
 from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, record_entries
+from models.service import Service
 from scheduler.runner import _flush_outbox
 from tests.chat import make_service, say
 from tests.factories import small_college

@@ -10,8 +10,8 @@ import itertools
 import pytest
 from sqlalchemy import select
 
-from bot.messages import IncomingMessage
 from bot.pipeline import handle_message
+from core.messages import IncomingMessage
 from models.schema import AuditLog, ScoreEntry, Staff, Student
 from tests.chat import live_entries, make_service, say
 from tests.factories import small_college

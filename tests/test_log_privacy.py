@@ -14,8 +14,8 @@ from werkzeug.serving import make_server
 
 from bot import create_app
 from bot.cli import RedactingRequestHandler
-from bot.messages import Reply
 from bot.redact import redact
+from core.messages import Reply
 from handlers.registry import Command, registry
 from models.errors import error_code, log_failure, safe_traceback
 from models.schema import ProcessedMessage

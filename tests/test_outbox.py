@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from bot.config import ROOT, load_settings
-from bot.service import Service
+from core.config import ROOT, load_settings
 from models.outbox import enqueue
 from models.schema import OutboxCall, OutboxMessage
+from models.service import Service
 from scheduler.delivery import MAX_TEXT_BYTES, Deliverer, bundle, make_deliverer
 from tests.fake_wecom import FakeWeCom
 
@@ -182,8 +182,8 @@ def test_killed_mid_batch_loses_nothing_and_doubles_nothing(service, settings, f
     script = textwrap.dedent(f"""
         from datetime import datetime
         from zoneinfo import ZoneInfo
-        from bot.config import load_settings
-        from bot.service import Service
+        from core.config import load_settings
+        from models.service import Service
         from scheduler.delivery import make_deliverer
         settings = load_settings({{"database_url": {db_url!r}, "redis_url": {redis_url!r}, "secret_key": "t",
             "wecom_corp_id": {fake.corp_id!r}, "wecom_secret": {fake.secret!r},

@@ -16,14 +16,14 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 
-from bot.config import ROOT
-from bot.service import Service
-from bot.wecom_api import WeComAPI, rate_buckets
+from core.config import ROOT
 from models.outbox import enqueue
+from models.service import Service
 from scheduler.delivery import OUR_PER_MINUTE, Deliverer, RateLimiter, make_deliverer
 from tests.fake_wecom import FakeWeCom
 from tests.test_outbox import NOW, TZ, queue, rows, stored_calls
 from tests.test_outbox_faults import AES_KEY, bot_env, run_bot, wecom_settings
+from wechat.wecom_api import WeComAPI, rate_buckets
 
 
 @pytest.fixture

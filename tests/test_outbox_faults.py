@@ -16,13 +16,13 @@ from datetime import timedelta
 
 import pytest
 
-from bot.config import ROOT, load_settings
-from bot.console import run_console
-from bot.service import Service
-from bot.wecom_api import WeComAPI
+from bot.channels.console import run_console
+from core.config import ROOT, load_settings
+from models.service import Service
 from scheduler.delivery import DUPLICATE_CHECK_S, Deliverer, make_deliverer, retry_failed
 from tests.fake_wecom import FakeWeCom
 from tests.test_outbox import NOW, queue, rows, stored_calls
+from wechat.wecom_api import WeComAPI
 
 AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models.db import Base
-from models.roster import (
+from models.io.roster import (
     ImportReport,
     RosterError,
     import_roster,

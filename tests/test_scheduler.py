@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 import scheduler.jobs  # noqa: F401  (registers every job in JOBS)
 from bot.cli import upgrade_database
-from bot.config import ROOT
-from models.demo import load_demo
+from core.config import ROOT
 from models.digest import PURPOSE, recipients
+from models.io.demo import load_demo
 from models.schema import JobRun, Lease, OutboxMessage
 from scheduler.registry import JOBS
 from scheduler.runner import DIED

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select, text, update
 
 import scheduler.jobs  # noqa: F401  (registers every job in JOBS)
-from bot.config import load_settings
-from bot.service import Service
+from core.config import load_settings
 from models.digest import PURPOSE
 from models.schema import DigestState, JobRun, Lease, OutboxMessage
+from models.service import Service
 from scheduler.registry import JOBS
 from scheduler.runner import (
     DIED,

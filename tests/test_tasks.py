@@ -12,7 +12,7 @@ import openpyxl
 import pytest
 from sqlalchemy import func, select
 
-from models.roster import NEW, SAME, UPDATED
+from models.io.roster import NEW, SAME, UPDATED
 from models.schema import (
     AuditLog,
     OutboxMessage,

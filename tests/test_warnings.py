@@ -16,10 +16,9 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.config import ROOT, load_settings
-from bot.service import Service
+from core.config import ROOT, load_settings
 from models import risk
-from models.demo import load_demo
+from models.io.demo import load_demo
 from models.periods import place
 from models.schema import (
     OutboxMessage,
@@ -31,6 +30,7 @@ from models.schema import (
     Student,
 )
 from models.scores import load_calendar
+from models.service import Service
 from scheduler.delivery import make_deliverer
 from scheduler.registry import JobContext
 from scheduler.risk_jobs import risk_scan, warning_escalation
@@ -40,7 +40,7 @@ from tests.fake_wecom import FakeWeCom
 
 TZ = ZoneInfo("Asia/Shanghai")
 TODAY = date(2025, 11, 19)  # a Wednesday of week 2025-W47, mid first semester
-RULES = ROOT / "models" / "risk_rules.toml"
+RULES = ROOT / "models" / "risk" / "risk_rules.toml"
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────

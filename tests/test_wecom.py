@@ -32,12 +32,12 @@ from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from werkzeug.serving import make_server
 
 from bot import create_app
-from bot.config import ROOT, Settings, load_settings
-from bot.service import Service
-from bot.wecom_api import WeComAPI, WeComAPIError
+from core.config import ROOT, Settings, load_settings
 from models.schema import AuditLog, ProcessedMessage, ScoreEntry
+from models.service import Service
 from tests.factories import small_college
 from tests.fake_wecom import FakeWeCom
+from wechat.wecom_api import WeComAPI, WeComAPIError
 
 CORP_ID = "ww4d1f6a0c2b3e5f70"
 TOKEN = "czkToken2025"
@@ -209,7 +209,7 @@ def test_published_sample_url_verification(serve):
 
 
 def test_signatures_are_checked_by_us_against_the_published_sample():
-    from bot.wecom import signature_matches
+    from bot.channels.wecom import signature_matches
 
     args = (SAMPLE["token"], SAMPLE["msg_signature"], SAMPLE["timestamp"], SAMPLE["nonce"], SAMPLE["echostr"])
     assert signature_matches(*args)

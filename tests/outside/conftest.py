@@ -23,7 +23,7 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
-from bot.config import ROOT
+from core.config import ROOT
 
 # Variables a test must not inherit from the shell that runs pytest: each process gets exactly
 # the configuration its test gives it.

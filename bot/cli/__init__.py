@@ -10,10 +10,10 @@ import click
 from flask import Flask, current_app
 from werkzeug.serving import WSGIRequestHandler
 
-from bot.cli_reports import register_report_cli
-from bot.config import ROOT
+from bot.cli.common import cli_service, require_schema  # noqa: F401  (used by the commands below)
+from bot.cli.reports import register_report_cli
 from bot.redact import redact
-from bot.service import Service
+from core.config import ROOT
 
 
 class RedactingRequestHandler(WSGIRequestHandler):
@@ -25,29 +25,6 @@ class RedactingRequestHandler(WSGIRequestHandler):
         if isinstance(getattr(self, "path", None), str):
             self.path = redact(self.path)
         super().log_request(code, size)
-
-
-def cli_service() -> Service:
-    """The app's service, once the schema is known to be current (else a clear message, exit 2)."""
-    service = current_app.extensions["czk"]
-    require_schema(service)
-    return service
-
-
-def require_schema(service: Service) -> None:
-    """Exit with what to do when tables of the models are missing (`db upgrade` not run, or a
-    migration that adds tables not yet applied)."""
-    if getattr(service, "schema_checked", False):
-        return
-    from sqlalchemy import inspect
-
-    from models.db import Base
-
-    missing = set(Base.metadata.tables) - set(inspect(service.engine).get_table_names())
-    if missing:
-        click.echo("数据库还没有建好或版本落后：请先运行 python -m bot db upgrade", err=True)
-        sys.exit(2)
-    service.schema_checked = True
 
 
 def alembic_config(url: str):  # noqa: ANN201
@@ -106,7 +83,7 @@ def register_cli(app: Flask) -> None:
     @click.argument("path", type=click.Path(exists=True, path_type=Path))
     def roster_import(path: Path) -> None:
         """Import a roster workbook (.xlsx) or a folder of .csv files; all or nothing."""
-        from models.roster import RosterError, import_roster
+        from models.io.roster import RosterError, import_roster
 
         run_import(lambda session: import_roster(session, path), RosterError, "名册")
 
@@ -114,7 +91,7 @@ def register_cli(app: Flask) -> None:
     @click.argument("path", type=click.Path(path_type=Path))
     def roster_template(path: Path) -> None:
         """Write an empty roster workbook with the canonical sheets and headers."""
-        from models.roster import write_template
+        from models.io.roster import write_template
 
         write_template(path)
         click.echo(f"已生成名册模板：{path}")
@@ -139,7 +116,7 @@ def register_cli(app: Flask) -> None:
         """Load the demo college into the configured database."""
         from sqlalchemy import select
 
-        from models.demo import load_demo
+        from models.io.demo import load_demo
         from models.schema import Student
 
         service = cli_service()
@@ -159,7 +136,7 @@ def register_cli(app: Flask) -> None:
     @click.option("--as", "userid", required=True, help="企业微信账号, 工号 or 学号")
     def chat(userid: str) -> None:
         """The console channel: the same conversation in a terminal."""
-        from bot.console import run_console
+        from bot.channels.console import run_console
 
         sys.exit(run_console(cli_service(), userid))
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from bot.config import Settings, load_settings
-from bot.dedupe import make_dedupe
+from core.claims import make_dedupe
+from core.config import Settings, load_settings
 from models.catalogue import Catalogue, load_catalogue
 from models.db import StatementConnections, make_engine, make_sessionmaker
 from models.directory import DirectoryCache

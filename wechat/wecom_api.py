@@ -30,7 +30,7 @@ from requests.adapters import HTTPAdapter
 from wechatpy.enterprise import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
-from bot.config import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot.templating import render
+from core.render import render
 from models.authz import View
 from models.catalogue import Catalogue, ScorePoint, normalise
 from models.db import in_ids, plain_rows, tune_for_aggregates

@@ -24,10 +24,10 @@ from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
 from wechatpy.exceptions import InvalidSignatureException
 
-from bot.messages import IncomingMessage
 from bot.pipeline import handle_message
-from bot.service import Service
-from bot.templating import render
+from core.messages import IncomingMessage
+from core.render import render
+from models.service import Service
 
 log = logging.getLogger(__name__)
 

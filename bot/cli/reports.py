@@ -8,11 +8,7 @@ from pathlib import Path
 import click
 from flask import Flask
 
-
-def cli_service():  # noqa: ANN201 - bot.cli imports this module
-    from bot.cli import cli_service as service
-
-    return service()
+from bot.cli.common import cli_service
 
 
 def register_report_cli(app: Flask) -> None:
@@ -29,7 +25,7 @@ def register_report_cli(app: Flask) -> None:
         """Import sheet 采分 (学号 or 班级编号, 采分点, 值, 日期); checked like chat; all or nothing."""
         from models.authz import load_actor
         from models.directory import console_user
-        from models.excel import ScoreImportError, import_scores
+        from models.io.excel import ScoreImportError, import_scores
 
         service = cli_service()
         with service.sessions() as session:
@@ -65,7 +61,7 @@ def register_report_cli(app: Flask) -> None:
     @click.option("--with-sensitive", is_flag=True, help="include sensitive points (心理辅导频次 …)")
     def export_cards(class_code: str | None, department: str | None, out: Path, with_sensitive: bool) -> None:
         """The cards as a workbook: a row per student, every point, subtotals, total, value added."""
-        from models.excel import cards_workbook
+        from models.io.excel import cards_workbook
 
         if bool(class_code) == bool(department):
             click.echo("请给出 --class 班级编号 或 --department 系部名称（二选一）。", err=True)
@@ -83,7 +79,7 @@ def register_report_cli(app: Flask) -> None:
     @click.option("--with-sensitive", is_flag=True, help="include sensitive points (心理辅导频次 …)")
     def export_report(class_code: str, out: Path, with_sensitive: bool) -> None:
         """A class's 学生学业情况分析报告: summary sheet and card sheet."""
-        from models.excel import report_workbook
+        from models.io.excel import report_workbook
 
         service = cli_service()
         with service.sessions() as session:

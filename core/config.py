@@ -47,6 +47,9 @@ class Settings:
     outbox_concurrency: int = 24  # WeCom calls one flush keeps in flight at once
     wecom_calls_per_minute: int = 9000  # the app's cap on WeCom API calls (WeCom allows about 10,000)
     metrics_token: str | None = None  # when set, /metrics asks for `Authorization: Bearer <token>`
+    risk_rules_path: Path = field(default=ROOT / "models" / "risk" / "risk_rules.toml")
+    # WARNING_ESCALATE_AFTER_DAYS / WARNING_WEEKLY_CAP as given: they override the rules file's [policy]
+    risk_policy_overrides: dict[str, str] = field(default_factory=dict)
     production: bool = False
 
     @property
@@ -108,6 +111,10 @@ def load_settings(overrides: dict | None = None) -> Settings:
         values["outbox_concurrency"] = max(1, int(_env("OUTBOX_CONCURRENCY")))
     if _env("WECOM_CALLS_PER_MINUTE"):
         values["wecom_calls_per_minute"] = max(2, int(_env("WECOM_CALLS_PER_MINUTE")))
+    if _env("RISK_RULES_PATH"):
+        values["risk_rules_path"] = Path(_env("RISK_RULES_PATH"))
+    values["risk_policy_overrides"] = {
+        name: _env(name) for name in ("WARNING_ESCALATE_AFTER_DAYS", "WARNING_WEEKLY_CAP") if _env(name)}
     if _env("CATALOGUE_PATH"):
         values["catalogue_path"] = Path(_env("CATALOGUE_PATH"))
     values.update(overrides or {})

@@ -18,7 +18,7 @@ What it reports, for the ISO week just ended (Monday to Sunday):
 - plan tasks overdue (open, past their deadline) by unit: 层面, else the owner's department.
 
 Set-based: every number comes from a handful of aggregate queries over the whole college, and
-no per-student or per-class query. The card scores come from models/digest_values.py: the weekly
+no per-student or per-class query. The card scores come from models/digest/values.py: the weekly
 job keeps every student's point values as of the week's Sunday, and next week's digest merges them
 with the entries recorded since (one aggregate over those only), then runs the card formula point
 by point for every student at once, with the float operations of `build_card`, so the numbers are
@@ -36,9 +36,9 @@ from statistics import fmean, median
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from bot.templating import render
+from core.render import render
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.digest_values import EMPTY, Scores, begin_standing, state_header
+from models.digest.values import EMPTY, Scores, begin_standing, state_header
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
 from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import (
@@ -238,7 +238,7 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
     job; the caller commits). Without it nothing is written.
     """
     week = digest_week(today, cal)
-    # Card scores at the two cutoffs: last week's state and the entries since (models/digest_values.py),
+    # Card scores at the two cutoffs: last week's state and the entries since (models/digest/values.py),
     # the entries read while the queries that do not need them run.
     finish_standing = begin_standing(session, catalogue, week.term, week.sunday, week.monday,
                                      compared_with(week, cal), _zone(), persist=persist)

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bot.config import ROOT
+from core.config import ROOT
 
 # The templates rendered for the message being handled, when the pipeline asks (it tells from them
 # whether the answer was a refusal or a bad-input reply, for its log line and the metrics).

@@ -8,16 +8,16 @@ import sys
 import uuid
 from typing import TextIO
 
-from bot.messages import IncomingMessage
 from bot.pipeline import handle_message
-from bot.service import Service
+from core.messages import IncomingMessage
+from models.service import Service
 from scheduler.delivery import show_pushes
 
 PROMPT = "> "
 
 
 def _who(service: Service) -> str:
-    from models.demo import demo_people
+    from models.io.demo import demo_people
 
     with service.sessions() as session:
         people = demo_people(session)

@@ -50,6 +50,7 @@ from models.card import Card, Entry, build_card, point_values, with_previous
 from models.catalogue import DOMAINS, Catalogue, ScorePoint, normalise
 from models.evaluation import needs_evaluation
 from models.expected import missing_entries
+from models.io.roster import cell_text, parse_date
 from models.periods import (
     UNIT_OF_PERIOD,
     UNIT_WORDS,
@@ -63,7 +64,6 @@ from models.periods import (
     place,
     unit_bounds,
 )
-from models.roster import cell_text, parse_date
 from models.schema import (
     Department,
     RecordingBatch,
