@@ -20,7 +20,7 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
      (untimed), this week's (the weekly run the target is for);
    - the raw scan aggregate (per student, the rule points over each rule's window, the
      windows from models/risk/risk_rules.toml) and the daily risk scan (models.risk.scan, rolled back);
-   - 1,000 card queries (models.scores.student_card for random students): p50 and p99;
+   - 1,000 card queries (models.cards.student_card for random students): p50 and p99;
    - the peak RSS of the process;
 3. prints each figure, its ratio to its raw aggregate and PASS/FAIL per target
    (digest and scan ≤ 3 × raw, 本周概况 ≤ 1 s from the stored state, card p99 ≤ 20 ms,
@@ -517,7 +517,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 def measure(url: str, args: argparse.Namespace) -> None:
     import scheduler.jobs  # noqa: F401, PLC0415  (registers every job)
     from models import digest  # noqa: PLC0415
-    from models.scores import load_calendar, student_card  # noqa: PLC0415
+    from models.cards import student_card  # noqa: PLC0415
+    from models.scores import load_calendar  # noqa: PLC0415
 
     catalogue = load_catalogue(ROOT / "models" / "catalogue.toml")
     engine = make_engine(url)

@@ -8,11 +8,11 @@ from core.messages import IncomingMessage, Reply
 from core.render import render
 from handlers.registry import Context, registry
 from models.authz import View, class_view, student_view, viewable_classes
+from models.cards import class_card, student_card
 from models.catalogue import DOMAINS
 from models.periods import UNIT_OF_PERIOD
 from models.risk import warning_history
 from models.schema import SchoolClass, Staff, Student
-from models.scores import class_card, student_card
 
 
 def find_student(ctx: Context, token: str) -> Student | list[Student] | None:

@@ -42,8 +42,8 @@ from sqlalchemy import select
 from core.config import ROOT
 from core.render import render
 from models.card import Card, Entry
+from models.cards import card_from_entries, load_entries
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.io.excel import card_from_entries, load_entries
 from models.outbox import Draft, enqueue_many
 from models.periods import Calendar, Term, week_bounds, week_key
 from models.schema import OutboxMessage, SchoolClass, Staff, Student

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models.authz import load_actor, may_record
+from models.cards import class_card, student_card
 from models.catalogue import ROLES
 from models.io.demo import DEFAULT_USER, DemoReport, demo_people, load_demo
 from models.periods import period_key
@@ -23,7 +24,7 @@ from models.schema import (
     Student,
     TeachingAssignment,
 )
-from models.scores import class_card, load_calendar, student_card
+from models.scores import load_calendar
 
 
 @pytest.fixture

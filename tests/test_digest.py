@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 import scheduler.jobs  # noqa: F401  (registers every job)
+from models.cards import student_card
 from models.catalogue import DOMAINS
 from models.digest import (
     MAX_BYTES,
@@ -36,7 +37,7 @@ from models.schema import (
     Staff,
     Student,
 )
-from models.scores import load_calendar, student_card
+from models.scores import load_calendar
 from scheduler.registry import JOBS
 from scheduler.runner import run_job
 from tests.chat import make_service, say

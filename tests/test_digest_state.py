@@ -25,6 +25,7 @@ from sqlalchemy import delete, func, select
 import models.digest.values as dv
 import models.scores as scores
 import scheduler.jobs  # noqa: F401  (registers every job)
+from models.cards import student_card
 from models.catalogue import DOMAINS
 from models.digest import (
     PURPOSE,
@@ -39,7 +40,7 @@ from models.digest import (
 from models.io.demo import load_demo
 from models.periods import place
 from models.schema import DigestState, OutboxMessage, SchoolClass, ScoreEntry, Staff, Student
-from models.scores import PlannedEntry, load_calendar, record_entries, revoke, student_card
+from models.scores import PlannedEntry, load_calendar, record_entries, revoke
 from scheduler.runner import run_job
 from tests.chat import make_service, say
 

@@ -18,10 +18,11 @@ from sqlalchemy import func, select
 from bot import create_app
 from handlers.export import LINK_MAX_AGE, SALT, _link_hours
 from models.authz import load_actor
-from models.io.excel import ScoreImportError, import_scores, place_dated, student_cards
+from models.cards import student_card, student_cards
+from models.io.excel import ScoreImportError, import_scores, place_dated
 from models.periods import PeriodError
 from models.schema import AuditLog, RecordingBatch, SchoolClass, ScoreEntry, Student
-from models.scores import load_calendar, student_card
+from models.scores import load_calendar
 from tests.chat import live_entries as live
 from tests.chat import make_service, say
 from tests.chat import student_id as sid

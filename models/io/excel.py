@@ -30,8 +30,7 @@ import csv
 import hashlib
 import io
 import re
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -46,7 +45,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.authz import Actor, may_record
-from models.card import Card, Entry, build_card, point_values, with_previous
+from models.card import Card
+from models.cards import CHUNK, chunks, class_card, student_cards
 from models.catalogue import DOMAINS, Catalogue, ScorePoint, normalise
 from models.evaluation import needs_evaluation
 from models.expected import missing_entries
@@ -74,66 +74,12 @@ from models.schema import (
 )
 from models.scores import (
     PlannedEntry,
-    _entry_query,  # the card's own selection of entries: the workbook must match the chat card
-    _to_entry,
-    class_card,
     load_calendar,
-    previous_cutoff,
     record_entries,
     revoke,
 )
 
-CHUNK = 1000  # students per query when loading many cards
 IMPORT_SOURCE = "import"
-
-# ───────────────────────────── cards of many students ─────────────────────────────
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def load_entries(session: Session, term: Term, student_ids: Sequence[int]) -> dict[int, list[Entry]]:
-    """Live entries of the semester for many students: one query per CHUNK students."""
-    out: dict[int, list[Entry]] = defaultdict(list)
-    for chunk in _chunks(list(student_ids), CHUNK):
-        for row in session.execute(_entry_query(term).where(ScoreEntry.student_id.in_(chunk))):
-            out[row.student_id].append(_to_entry(row))
-    return out
-
-
-def card_from_entries(catalogue: Catalogue, entries: list[Entry], today: date, cutoff: date,
-                      previous_entries: list[Entry] | None,
-                      visible: Callable[[ScorePoint], bool] = lambda p: True) -> Card:
-    """A student's card from loaded entries, exactly as `student_card` builds it.
-
-    `previous_entries` is None when `cutoff` falls inside the semester (value added is then
-    measured against the same entries up to `cutoff`), else the previous semester's entries.
-    """
-    points = catalogue.individual()
-    current = [e for e in entries if e.occurred_on <= today]
-    card = build_card(catalogue, point_values(catalogue, current), visible, points)
-    if previous_entries is None:
-        before = point_values(catalogue, current, cutoff)
-    else:
-        before = point_values(catalogue, previous_entries)
-    return with_previous(card, build_card(catalogue, before, visible, points))
-
-
-def student_cards(session: Session, catalogue: Catalogue, cal: Calendar, student_ids: Sequence[int],
-                  today: date, *, cutoff: date | None = None) -> dict[int, Card]:
-    """Cards of many students at once (a few queries per 1,000 students), equal to `student_card`'s."""
-    term = cal.term_for(today)
-    cutoff = previous_cutoff(catalogue, today) if cutoff is None else cutoff
-    entries = load_entries(session, term, student_ids)
-    previous = load_entries(session, cal.previous_term(term), student_ids) if cutoff < term.start else None
-    return {
-        sid: card_from_entries(catalogue, entries.get(sid, []), today, cutoff,
-                               None if previous is None else previous.get(sid, []))
-        for sid in student_ids
-    }
-
 
 # ───────────────────────────── the 采分 import ─────────────────────────────
 
@@ -507,8 +453,8 @@ def _replaced_imports(session: Session, planned: list[PlannedEntry]) -> list[Sco
     found: list[ScoreEntry] = []
     base = select(ScoreEntry).where(ScoreEntry.source == IMPORT_SOURCE, ScoreEntry.revoked_at.is_(None),
                                     ScoreEntry.point_code.in_(list(codes)))
-    queries = [base.where(ScoreEntry.student_id.in_(chunk)) for chunk in _chunks(sorted(students), CHUNK)]
-    queries += [base.where(ScoreEntry.class_id.in_(chunk)) for chunk in _chunks(sorted(classes), CHUNK)]
+    queries = [base.where(ScoreEntry.student_id.in_(chunk)) for chunk in chunks(sorted(students), CHUNK)]
+    queries += [base.where(ScoreEntry.class_id.in_(chunk)) for chunk in chunks(sorted(classes), CHUNK)]
     for query in queries:
         for e in session.scalars(query):
             when = e.occurred_on.isoformat() if codes[e.point_code] else e.period_key

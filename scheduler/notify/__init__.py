@@ -1,0 +1,1 @@
+"""Values the domain decided (warning notices, digests, reminders) turned into messages through templates/."""
