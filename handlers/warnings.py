@@ -8,16 +8,23 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from zoneinfo import ZoneInfo
 
 from core.messages import IncomingMessage, Reply
-from core.render import render
+from core.render import fit, render
 from handlers.card import find_student
 from handlers.registry import Context, registry
-from models import risk
 from models.authz import Actor, student_view, viewable_classes
 from models.catalogue import ROLES, normalise
 from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
-from models.schema import RiskWarning, Staff, Student
+from models.risk.checks import Person, close_warning, raise_flag
+from models.risk.clock import local, moment
+from models.risk.notices import warning_view, warning_views
+from models.risk.routing import recipient, routed_names
+from models.risk.rules import FALSE_ALARM, LEVELS, OPEN, RuleBook, rule_book
+from models.risk.warnings import history, open_warnings_for
+from models.schema import RiskWarning, RiskWarningEvent, Staff, Student
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,15 @@ EVENT_WORDS = {
 
 
 def _reply(template: str, **context: object) -> Reply:
-    return Reply(risk.fit(render(f"chat/{template}.txt", **context)))
+    return Reply(fit(render(f"chat/{template}.txt", **context), MAX_TEXT_BYTES))
+
+
+def _zone(ctx: Context) -> ZoneInfo:
+    return ZoneInfo(ctx.settings.timezone)
+
+
+def _rules(ctx: Context) -> RuleBook:
+    return rule_book(ctx.settings, ctx.catalogue)
 
 
 def _bad_number(number: str, command: str) -> Reply:
@@ -39,18 +54,17 @@ def _bad_number(number: str, command: str) -> Reply:
     return _reply("bad_number", number=shown(number), max=ROW_ID_MAX, command=command)
 
 
-def _person(ctx: Context, class_id: int | None = None) -> risk.Person:
+def _person(ctx: Context, class_id: int | None = None) -> Person:
     """The sender, named with the role that relates them to a class (任课教师 of it, say)."""
     actor = ctx.actor
     assert actor.staff_id is not None
     role = next((r for r in ROLES if r in actor.roles and (
         class_id is None or (scope := actor.classes_for_role(r)) is None or class_id in scope)), "")
-    return risk.Person(actor.staff_id, actor.name, actor.audit_name, role)
+    return Person(actor.staff_id, actor.name, actor.audit_name, role)
 
 
 @registry.command("预警", audience="staff",
-                  summary="预警：我的待处理预警；预警 <学生> <类别> <说明>：提出预警"
-                          "（类别：学业、违纪、心理健康、理财、就业困难）")
+                  summary="chat/help/warnings.txt")
 def warnings_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """No arguments: my open warnings; `#N`: one warning; otherwise a manual flag."""
     if not args:
@@ -66,11 +80,11 @@ def warnings_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
 
 def _list(ctx: Context) -> Reply:
     assert ctx.actor.staff_id is not None
-    book = risk.rule_book(ctx.catalogue)
-    mine = risk.open_warnings_for(ctx.session, ctx.actor.staff_id)
+    book = _rules(ctx)
+    mine = open_warnings_for(ctx.session, ctx.actor.staff_id)
     if not mine:
         return _reply("warning_none", categories=list(book.categories))
-    views = risk.warning_views(ctx.session, book, mine[:LIST_LIMIT])
+    views = warning_views(ctx.session, book, mine[:LIST_LIMIT], _zone(ctx))
     items = [views[w.id] for w in mine[:LIST_LIMIT]]
     return _reply("warning_list", items=items, total=len(mine), more=len(mine) - len(items))
 
@@ -79,28 +93,22 @@ def _detail(ctx: Context, number: int) -> Reply:
     warning = ctx.session.get(RiskWarning, number)
     if warning is None:
         return _reply("warning_not_found", number=number)
-    if risk.recipient(ctx.session, warning, ctx.actor.staff_id) is None:
+    if recipient(ctx.session, warning, ctx.actor.staff_id) is None:
         return _reply("warning_not_yours", number=number, verb="查看")
-    book = risk.rule_book(ctx.catalogue)
-    events = [_event_line(book, e) for e in risk.history(ctx.session, warning)]
-    return _reply("warning_detail", w=risk.warning_view(ctx.session, book, warning), events=events,
-                  routed=risk.routed_names(ctx.session, warning))
+    book = _rules(ctx)
+    tz = _zone(ctx)
+    events = [_event_line(book, e, tz) for e in history(ctx.session, warning)]
+    return _reply("warning_detail", w=warning_view(ctx.session, book, warning, tz), events=events,
+                  routed=routed_names(ctx.session, warning))
 
 
-def _event_line(book: risk.RuleBook, event) -> str:  # noqa: ANN001 - a RiskWarningEvent
-    """`11-19 12:00 升级为严重 本学期违纪3次及以上` or `11-20 09:10 处理 王芳：已约谈`."""
-    word = EVENT_WORDS.get(event.kind, event.kind)
-    if event.kind == "raised":
-        word += f"为{event.level}"
-    elif event.kind == "opened":
-        word += f"（{event.level}）"
-    when = f"{risk.local(event.at):%m-%d %H:%M}"
-    if event.actor_id is not None:
-        who = re.sub(r"\(.*\)$", "", event.actor)
-        return f"{when} {word} {who}：{event.note or ''}".rstrip("：")
+def _event_line(book: RuleBook, event: RiskWarningEvent, tz: ZoneInfo) -> str:
+    """`11-19 12:00 升级为严重 本学期违纪3次及以上` or `11-20 09:10 处理 王芳：已约谈` (chat/warning_event_line.txt)."""
     rule = book.by_id.get(event.rule_id or "")
-    detail = rule.title if rule else (event.note or "")
-    return f"{when} {word} {detail}".rstrip()
+    return render("chat/warning_event_line.txt", kind=event.kind, level=event.level,
+                  word=EVENT_WORDS.get(event.kind, event.kind), when=f"{local(event.at, tz):%m-%d %H:%M}",
+                  who=re.sub(r"\(.*\)$", "", event.actor) if event.actor_id is not None else None,
+                  note=event.note or "", detail=rule.title if rule else (event.note or ""))
 
 
 def _own_words(raw: str, tokens: Sequence[str], cleaned: str) -> str:
@@ -123,7 +131,7 @@ def _own_words(raw: str, tokens: Sequence[str], cleaned: str) -> str:
 
 def _flag(ctx: Context, args: str, raw: str) -> Reply:
     """`<学生> <类别> [级别] <说明>`: open (or add to) the category's warning."""
-    book = risk.rule_book(ctx.catalogue)
+    book = _rules(ctx)
     parts = args.split(maxsplit=2)
     categories = list(book.categories)
     if len(parts) < 3:
@@ -134,7 +142,7 @@ def _flag(ctx: Context, args: str, raw: str) -> Reply:
         return _reply("warning_bad_category", token=category_token, categories=categories)
     level = None
     first, _, rest = note.partition(" ")
-    if first in risk.LEVELS:
+    if first in LEVELS:
         level, note = first, rest.strip()
     if not note:
         return _reply("warning_usage", categories=categories)
@@ -149,11 +157,12 @@ def _flag(ctx: Context, args: str, raw: str) -> Reply:
     if not _may_flag(ctx.actor, found):
         return _reply("warning_out_of_scope", name=found.name)
     author = _person(ctx, found.class_id)
-    warning, created, routed = risk.raise_flag(
-        ctx.session, ctx.catalogue, found, category, level, note[:NOTE_LIMIT], author,
-        risk.moment(ctx.today), ctx.today)
-    mine = risk.recipient(ctx.session, warning, author.staff_id) is not None
-    return _reply("warning_flagged", w=risk.warning_view(ctx.session, book, warning), created=created,
+    tz = _zone(ctx)
+    warning, created, routed = raise_flag(
+        ctx.session, book, found, category, level, note[:NOTE_LIMIT], author, moment(ctx.today, tz), ctx.today,
+        notify=ctx.notify, tz=tz)
+    mine = recipient(ctx.session, warning, author.staff_id) is not None
+    return _reply("warning_flagged", w=warning_view(ctx.session, book, warning, tz), created=created,
                   routed=routed, author_told=not mine)
 
 
@@ -173,30 +182,31 @@ def _act(ctx: Context, args: str, raw: str, false_alarm: bool) -> Reply:
     warning = ctx.session.get(RiskWarning, number)
     if warning is None:
         return _reply("warning_not_found", number=number)
-    if risk.recipient(ctx.session, warning, ctx.actor.staff_id) is None:
+    tz = _zone(ctx)
+    if recipient(ctx.session, warning, ctx.actor.staff_id) is None:
         return _reply("warning_not_yours", number=number, verb=verb)
-    if warning.status != risk.OPEN:
+    if warning.status != OPEN:
         closer = ctx.session.get(Staff, warning.closed_by) if warning.closed_by else None
-        return _reply("warning_closed_already", number=number, when=risk.local(warning.closed_at),
-                      who=closer.name if closer else "", false_alarm=warning.status == risk.FALSE_ALARM)
+        return _reply("warning_closed_already", number=number, when=local(warning.closed_at, tz),
+                      who=closer.name if closer else "", false_alarm=warning.status == FALSE_ALARM)
     if not note:
         return _reply("warning_action_usage", false_alarm=false_alarm, number=number)
     note = _own_words(raw, ["误报" if false_alarm else "处理", match.group(1)], note)
     person = _person(ctx, warning.student.class_id)
-    told = risk.close_warning(ctx.session, ctx.catalogue, warning, person, note[:NOTE_LIMIT], false_alarm,
-                              risk.moment(ctx.today), ctx.today)
-    book = risk.rule_book(ctx.catalogue)
-    return _reply("warning_closed", w=risk.warning_view(ctx.session, book, warning), false_alarm=false_alarm,
+    book = _rules(ctx)
+    told = close_warning(ctx.session, book, warning, person, note[:NOTE_LIMIT], false_alarm,
+                         moment(ctx.today, tz), ctx.today, notify=ctx.notify, tz=tz)
+    return _reply("warning_closed", w=warning_view(ctx.session, book, warning, tz), false_alarm=false_alarm,
                   told=len(told))
 
 
-@registry.command("处理", "已处理", audience="staff", summary="处理 #N <说明>：记录对预警 #N 的处理并关闭")
+@registry.command("处理", "已处理", audience="staff", summary="chat/help/handle.txt")
 def handle_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Record what was done about warning #N and close it."""
     return _act(ctx, args, msg.text, false_alarm=False)
 
 
-@registry.command("误报", audience="staff", summary="误报 #N <说明>：预警 #N 属误报，关闭并计入规则误报率")
+@registry.command("误报", audience="staff", summary="chat/help/false_alarm.txt")
 def false_alarm_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Close warning #N as a false alarm (counted against the rules that raised it)."""
     return _act(ctx, args, msg.text, false_alarm=True)

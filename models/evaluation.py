@@ -1,6 +1,6 @@
 """The early-warning check that follows a recording, outside the recording's transaction.
 
-A recording whose new values could trip a rule (models.risk.rules_touched) writes a row to
+A recording whose new values could trip a rule (models.risk.matching.rules_touched) writes a row to
 `risk_evaluation_queue` in its own transaction; `evaluate_queued` takes rows off the queue and
 evaluates the rules for their entries' students in one set-based pass, in the same transaction
 as the warnings it writes. So the chat callback does none of the risk queries, a failure in the
@@ -15,16 +15,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from functools import lru_cache
 
 from sqlalchemy import Row, delete, select, text
 from sqlalchemy.orm import Session
 
-from models import risk
 from models.catalogue import Catalogue
 from models.db import savepoint
 from models.errors import log_failure
+from models.risk.checks import evaluate_entries
+from models.risk.matching import rules_touched
+from models.risk.notices import NoNotifier, Notify
+from models.risk.rules import RuleBook
+from models.risk.warnings import Outcome
 from models.schema import RiskEvaluationQueue, ScoreEntry
 from models.scores import PlannedEntry, load_calendar
 
@@ -43,16 +47,17 @@ class _Value:
     value: float
 
 
-def needs_evaluation(catalogue: Catalogue, planned: Sequence[PlannedEntry]) -> bool:
-    """Could these new values trip an early-warning rule? (The everyday 全勤率 100 cannot.)"""
-    return _could_trip(catalogue, frozenset((p.point_code, p.student_id is not None, p.value) for p in planned))
+def needs_evaluation(book: RuleBook, catalogue: Catalogue, planned: Sequence[PlannedEntry]) -> bool:
+    """Could these new values trip an early-warning rule of `book`? (The everyday 全勤率 100 cannot.)"""
+    return _could_trip(book, catalogue,
+                       frozenset((p.point_code, p.student_id is not None, p.value) for p in planned))
 
 
 @lru_cache(maxsize=4096)
-def _could_trip(catalogue: Catalogue, values: frozenset[tuple[str, bool, float]]) -> bool:
+def _could_trip(book: RuleBook, catalogue: Catalogue, values: frozenset[tuple[str, bool, float]]) -> bool:
     """The rules' answer depends only on which points got which values, for students or classes."""
     probes = [_Value(code, 1 if for_student else None, value) for code, for_student, value in values]
-    return bool(risk.rules_touched(risk.rule_book(catalogue), catalogue, probes))
+    return bool(rules_touched(book, catalogue, probes))
 
 
 def _take(session: Session, limit: int) -> tuple[int, list[Row]]:
@@ -81,15 +86,16 @@ class Evaluated:
 
     recordings: int = 0
     failed: int = 0
-    outcome: risk.Outcome | None = None
+    outcome: Outcome | None = None
 
 
-def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: datetime, today: date,
-                    limit: int = BATCHES_PER_PASS) -> Evaluated:
+def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: datetime, today: date, *,
+                    book: RuleBook, notify: Notify | None, tz: tzinfo, limit: int = BATCHES_PER_PASS) -> Evaluated:
     """Evaluate what is queued, `limit` recordings a pass, each pass one transaction.
 
     A pass that finds fewer than `limit` ends the run: what is recorded meanwhile waits for the next
     run (a moment later), so under a steady stream of recordings the passes stay large and few.
+    Without a notifier (`NoNotifier`) the pass fails loudly and its recordings stay queued.
     """
     done = Evaluated()
     while True:
@@ -99,7 +105,10 @@ def evaluate_queued(sessions: Callable[[], Session], catalogue: Catalogue, now: 
                 return done
             try:
                 with savepoint(session):
-                    outcome = risk.evaluate_entries(session, catalogue, load_calendar(session), entries, now, today)
+                    outcome = evaluate_entries(session, book, catalogue, load_calendar(session), entries, now,
+                                               today, notify=notify, tz=tz)
+            except NoNotifier:
+                raise  # a wiring mistake, not a data problem: the recordings stay queued (no commit)
             except Exception as exc:  # noqa: BLE001 - the daily scan evaluates the same rules again
                 log_failure(log, f"early-warning check of {taken} recordings failed; the daily scan will catch up",
                             exc)

@@ -12,6 +12,9 @@ from models.catalogue import Catalogue, load_catalogue
 from models.db import StatementConnections, make_engine, make_sessionmaker
 from models.directory import DirectoryCache
 from models.evaluation import Evaluated, Evaluator, evaluate_queued
+from models.risk.clock import moment
+from models.risk.notices import Notify
+from models.risk.rules import RuleBook, rule_book
 from models.scores import RecordingWriter
 
 
@@ -19,8 +22,12 @@ class Service:
     """Everything a channel needs to handle a message."""
 
     def __init__(self, settings: Settings | None = None,
-                 clock: Callable[[], datetime] | None = None, background: bool = False) -> None:
-        """`background`: evaluate recordings for early warnings on a thread (web) rather than at once."""
+                 clock: Callable[[], datetime] | None = None, background: bool = False,
+                 notify: Notify | None = None) -> None:
+        """`background`: evaluate recordings for early warnings on a thread (web) rather than at once.
+        `notify`: the words of the warnings' messages (bot/service.make_service gives it; without
+        it, a warning with something to say fails loudly)."""
+        self.notify = notify
         self.settings = settings or load_settings()
         self.tz = ZoneInfo(self.settings.timezone)
         self.engine = make_engine(self.settings.database_url)
@@ -40,11 +47,15 @@ class Service:
         return self._clock() if self._clock else datetime.now(self.tz)
 
     def today(self) -> date:
+        """Today in APP_TIMEZONE."""
         return self.now().date()
+
+    def rules(self) -> RuleBook:
+        """The early-warning rules in force (settings.risk_rules_path, its policy overrides)."""
+        return rule_book(self.settings, self.catalogue)
 
     def evaluate_queued(self) -> Evaluated:
         """The early-warning check of every recording queued for it (models/evaluation.py)."""
-        from models.risk import moment
-
         today = self.today()
-        return evaluate_queued(self.sessions, self.catalogue, moment(today), today)
+        return evaluate_queued(self.sessions, self.catalogue, moment(today, self.tz), today, book=self.rules(),
+                               notify=self.notify, tz=self.tz)

@@ -16,9 +16,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from bot import service as runtime
 from core.config import load_settings
 from models.db import StatementConnections, make_sessionmaker, savepoint
 from models.periods import place
+from models.risk.notices import NoNotifier
 from models.schema import (
     AuditLog,
     Department,
@@ -74,9 +76,25 @@ def test_a_value_that_could_trip_a_rule_is_evaluated_right_after_the_reply(colle
     assert {m.recipient for m in session.scalars(select(OutboxMessage))} == {"wangfang", "liuwei"}
 
 
+def test_a_service_without_a_notifier_fails_loudly_and_keeps_the_recording_queued(college, session, db_url,
+                                                                                   redis_url, monkeypatch):
+    """A warning with something to say and no words to say it in: an error, not a silent drop."""
+    svc = make_service(db_url, TODAY, redis_url)
+    monkeypatch.setattr(svc.evaluator, "recorded", lambda: None)  # leave the recording queued
+    assert "已记录" in say(svc, "sunli", "违纪频次 张三")
+    assert count(session, RiskEvaluationQueue) == 1
+    bare = Service(svc.settings, clock=svc.now)  # built without make_service: no notifier
+    with pytest.raises(NoNotifier):
+        bare.evaluate_queued()
+    assert count(session, RiskEvaluationQueue) == 1 and open_warnings(session) == []
+    assert svc.evaluate_queued().recordings == 1
+    assert open_warnings(session) == [("张三", "违纪", "关注")] and count(session, RiskEvaluationQueue) == 0
+
+
 def test_on_the_web_worker_the_check_runs_on_its_own_thread_soon_after(college, session, db_url, redis_url):
     settings = load_settings({"database_url": db_url, "redis_url": redis_url, "secret_key": "test"})
-    svc = Service(settings, clock=lambda: datetime.combine(TODAY, clock_time(10, 0), svc.tz), background=True)
+    svc = runtime.make_service(settings, clock=lambda: datetime.combine(TODAY, clock_time(10, 0), svc.tz),
+                               background=True)
     assert "已记录" in say(svc, "sunli", "违纪频次 张三")
     deadline = time.monotonic() + 20
     while not open_warnings(session) and time.monotonic() < deadline:

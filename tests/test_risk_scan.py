@@ -6,7 +6,6 @@ agrees with a plain reading of the entries (a period recorded twice, a re-record
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
 
@@ -14,8 +13,14 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models import risk
+from core.config import load_settings
 from models.periods import UNIT_OF_PERIOD
+from models.risk import aggregates as risk_aggregates
+from models.risk import matching, warnings
+from models.risk.aggregates import Window, aggregates, replaces, window_bounds
+from models.risk.checks import Person, evaluate_entries, raise_flag, scan
+from models.risk.routing import Notifier
+from models.risk.rules import rule_book
 from models.schema import (
     OutboxMessage,
     RiskNotice,
@@ -27,9 +32,10 @@ from models.schema import (
     Student,
 )
 from models.scores import load_calendar
+from scheduler.notify import warnings as notify
 from scheduler.risk_jobs import risk_scan
 from tests.factories import small_college
-from tests.test_warnings import RULES, TODAY, TZ, messages, put, run, sid, staff_id
+from tests.test_warnings import SETTINGS, TODAY, TZ, messages, put, run, sid, staff_id
 
 NOW = datetime.combine(TODAY, time(6, 40), TZ)
 CLASSMATES = 30  # with 张三 and 李四: 32 warnings for 王芳 and 刘伟, over a weekly cap of 10
@@ -75,12 +81,13 @@ def written(session) -> dict[str, set]:
 
 def test_one_scan_of_many_students_writes_what_evaluating_each_alone_writes(big_class, session, catalogue):
     cal = load_calendar(session)
-    out = risk.scan(session, catalogue, cal, NOW, TODAY)
+    book = rule_book(SETTINGS, catalogue)
+    out = scan(session, book, catalogue, cal, NOW, TODAY, notify=notify, tz=TZ)
     at_once = written(session)
     session.rollback()
     for name in big_class:
         entries = list(session.scalars(select(ScoreEntry).where(ScoreEntry.student_id == sid(session, name))))
-        risk.evaluate_entries(session, catalogue, cal, entries, NOW, TODAY)
+        evaluate_entries(session, book, catalogue, cal, entries, NOW, TODAY, notify=notify, tz=TZ)
     one_by_one = written(session)
     session.rollback()
     assert at_once == one_by_one
@@ -111,7 +118,7 @@ def test_a_second_scan_of_many_open_warnings_writes_nothing(big_class, session, 
 def test_a_warning_opened_concurrently_is_joined_not_twinned(college_with_absence, session, catalogue, engine,
                                                              monkeypatch):
     """Between the scan's look at open warnings and its insert, a teacher's flag opens 张三's 学业 warning."""
-    real_load_open = risk._load_open
+    real_load_open = warnings._load_open
     calls = []
 
     def load_then_flag(s, keys):
@@ -120,13 +127,14 @@ def test_a_warning_opened_concurrently_is_joined_not_twinned(college_with_absenc
             calls.append(keys)
             with Session(engine) as other:  # another connection, another transaction
                 student = other.get(Student, sid(other, "张三"))
-                author = risk.Person(staff_id(other, "chenjing"), "陈静", "陈静", "任课教师")
-                risk.raise_flag(other, catalogue, student, risk.rule_book(catalogue).category("学业"), None,
-                                "连续两周缺课", author, NOW, TODAY)
+                author = Person(staff_id(other, "chenjing"), "陈静", "陈静", "任课教师")
+                book = rule_book(SETTINGS, catalogue)
+                raise_flag(other, book, student, book.category("学业"), None, "连续两周缺课", author, NOW, TODAY,
+                           notify=notify, tz=TZ)
                 other.commit()
         return found
 
-    monkeypatch.setattr(risk, "_load_open", load_then_flag)
+    monkeypatch.setattr(warnings, "_load_open", load_then_flag)
     result = run(risk_scan, session, catalogue, TODAY)
     assert calls and "0 opened" in result and "1 updated" in result  # added to the flag's warning
     [w] = session.scalars(select(RiskWarning).where(RiskWarning.student_id == sid(session, "张三"))).all()
@@ -148,15 +156,13 @@ def college_with_absence(session, catalogue):
 
 
 def test_a_bundle_claimed_by_delivery_meanwhile_keeps_its_body(big_class, session, catalogue, monkeypatch):
-    with open(RULES, "rb") as fh:
-        capped = risk.parse_rules(tomllib.load(fh), catalogue, {"WARNING_WEEKLY_CAP": "2"})
-    monkeypatch.setattr(risk, "rule_book", lambda _catalogue: capped)
-    run(risk_scan, session, catalogue, TODAY)
+    capped = load_settings({"secret_key": "test", "risk_policy_overrides": {"WARNING_WEEKLY_CAP": "2"}})
+    run(risk_scan, session, catalogue, TODAY, settings=capped)
     [first] = [m for m in messages(session) if m.recipient == "wangfang" and m.purpose == "warning_bundle"]
     body = first.body
     put(session, catalogue, "王五", "A03", TODAY, 85)
     put(session, catalogue, "王五", "A03", TODAY - timedelta(weeks=1), 85)
-    real_targets = risk.Notifier._bundle_targets
+    real_targets = Notifier._bundle_targets
 
     def targets_then_claimed(self, userids):
         found = real_targets(self, userids)
@@ -165,8 +171,8 @@ def test_a_bundle_claimed_by_delivery_meanwhile_keeps_its_body(big_class, sessio
                              .values(status="sending"))
         return found
 
-    monkeypatch.setattr(risk.Notifier, "_bundle_targets", targets_then_claimed)
-    run(risk_scan, session, catalogue, TODAY + timedelta(days=1))
+    monkeypatch.setattr(Notifier, "_bundle_targets", targets_then_claimed)
+    run(risk_scan, session, catalogue, TODAY + timedelta(days=1), settings=capped)
     mine = [m for m in messages(session) if m.recipient == "wangfang" and m.purpose == "warning_bundle"]
     assert [m.period_key for m in mine] == ["2025-W47", "2025-W47#2"]
     assert mine[0].body == body and "王五" not in body and "王五" in mine[1].body
@@ -177,7 +183,7 @@ def test_a_bundle_claimed_by_delivery_meanwhile_keeps_its_body(big_class, sessio
 
 # ── the one aggregate, against a plain reading of the entries ───────────────
 
-def reference(entries: list[ScoreEntry], catalogue, window: risk.Window) -> dict[tuple[int, str], tuple]:
+def reference(entries: list[ScoreEntry], catalogue, window: Window) -> dict[tuple[int, str], tuple]:
     """(n, total, last day, newest value) per student and point, entry by entry (as the card reads them)."""
     grouped: dict[tuple[int, str], list[ScoreEntry]] = defaultdict(list)
     for e in entries:
@@ -185,7 +191,7 @@ def reference(entries: list[ScoreEntry], catalogue, window: risk.Window) -> dict
             grouped[(e.student_id, e.point_code)].append(e)
     out = {}
     for key, found in grouped.items():
-        if risk.replaces(catalogue.by_code[key[1]]):
+        if replaces(catalogue.by_code[key[1]]):
             newest: dict[str, ScoreEntry] = {}
             for e in sorted(found, key=lambda e: e.id):
                 newest[e.period_key] = e
@@ -214,10 +220,10 @@ def test_the_one_aggregate_agrees_with_reading_every_entry(session, catalogue):
     put(session, catalogue, "赵六", "A09", TODAY, 72)
     put(session, catalogue, "钱七", "A09", TODAY, 58, recorder="xuhong")
     codes = frozenset({"A03", "A06", "B13", "A09"})
-    windows = [risk.Window(*risk.window_bounds(w, TODAY, cal), codes, frozenset({"A09", "A03"}))
+    windows = [Window(*window_bounds(w, TODAY, cal), codes, frozenset({"A09", "A03"}))
                for w in ("28d", "30d", "semester")]
-    windows.append(risk.Window(TODAY - timedelta(days=83), TODAY - timedelta(days=28), codes, frozenset({"A09"})))
-    found = risk.aggregates(session, catalogue, cal, windows)
+    windows.append(Window(TODAY - timedelta(days=83), TODAY - timedelta(days=28), codes, frozenset({"A09"})))
+    found = aggregates(session, catalogue, cal, windows)
     entries = list(session.scalars(select(ScoreEntry)))
     for w in windows:
         expected = reference(entries, catalogue, w)
@@ -227,7 +233,7 @@ def test_the_one_aggregate_agrees_with_reading_every_entry(session, catalogue):
             agg = got[key]
             assert (agg.n, agg.total, agg.last_on) == (n, pytest.approx(total), last_on), (w, key)
             assert agg.mean == pytest.approx(total / n)
-            if risk.replaces(catalogue.by_code[key[1]]) and (key[1] in w.latest or n == 1):
+            if replaces(catalogue.by_code[key[1]]) and (key[1] in w.latest or n == 1):
                 assert agg.latest == latest, (w, key)
     week = found[windows[0].span][(sid(session, "张三"), "A03")]
     assert (week.n, week.mean) == (2, 92.5)  # this week's 95 (not 60) and last week's 90
@@ -243,9 +249,9 @@ def test_a_period_split_by_a_window_edge_is_still_one_period(session, catalogue)
     assert UNIT_OF_PERIOD[catalogue.by_code["A03"].period] == "week" and week_start < edge
     put(session, catalogue, "张三", "A03", edge - timedelta(days=1), 40)
     put(session, catalogue, "张三", "A03", edge, 100)
-    baseline = risk.Window(TODAY - timedelta(days=83), TODAY - timedelta(days=28), frozenset({"A03"}))
-    month = risk.Window(edge, TODAY, frozenset({"B12"}))
-    agg = risk.aggregates(session, catalogue, cal, [baseline, month])[baseline.span][(sid(session, "张三"), "A03")]
+    baseline = Window(TODAY - timedelta(days=83), TODAY - timedelta(days=28), frozenset({"A03"}))
+    month = Window(edge, TODAY, frozenset({"B12"}))
+    agg = aggregates(session, catalogue, cal, [baseline, month])[baseline.span][(sid(session, "张三"), "A03")]
     assert (agg.n, agg.mean) == (1, 100.0)
 
 
@@ -255,15 +261,15 @@ def test_nothing_is_aggregated_for_a_cohort_nobody_is_in(session, catalogue, mon
     put(session, catalogue, "张三", "A03", TODAY, 85)
     put(session, catalogue, "张三", "A03", TODAY - timedelta(weeks=1), 80)
     seen: list[set[str]] = []
-    real = risk.aggregates
+    real = risk_aggregates.aggregates
 
     def spy(s, cat, cal, windows, students=None):
         seen.append({c for w in windows for c in w.codes})
         return real(s, cat, cal, windows, students)
 
-    monkeypatch.setattr(risk, "aggregates", spy)
-    book = risk.rule_book(catalogue)
-    found = risk.find(session, book, catalogue, load_calendar(session), TODAY, book.automatic())
+    monkeypatch.setattr(matching, "aggregates", spy)
+    book = rule_book(SETTINGS, catalogue)
+    found = matching.find(session, book, catalogue, load_calendar(session), TODAY, book.automatic())
     assert {f.rule.id for f in found} == {"absence_chronic"}
     [codes] = seen
     assert "A03" in codes and not codes & {"C13", "C06"}
@@ -274,7 +280,7 @@ def test_the_grouped_days_cover_every_window(session, catalogue):
     small_college(session)
     cal = load_calendar(session)
     put(session, catalogue, "张三", "B13", TODAY, 1, recorder="sunli")
-    empty = risk.Window(date(2025, 1, 1), date(2025, 1, 31), frozenset({"B13"}))
-    now = risk.Window(*risk.window_bounds("semester", TODAY, cal), frozenset({"B13"}))
-    found = risk.aggregates(session, catalogue, cal, [empty, now])
+    empty = Window(date(2025, 1, 1), date(2025, 1, 31), frozenset({"B13"}))
+    now = Window(*window_bounds("semester", TODAY, cal), frozenset({"B13"}))
+    found = aggregates(session, catalogue, cal, [empty, now])
     assert found[empty.span] == {} and found[now.span][(sid(session, "张三"), "B13")].total == 1

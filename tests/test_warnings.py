@@ -16,10 +16,13 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot import service as runtime
 from core.config import ROOT, load_settings
-from models import risk
 from models.io.demo import load_demo
 from models.periods import place
+from models.risk import measures
+from models.risk.matching import find
+from models.risk.rules import RulesError, parse_rules, rule_book
 from models.schema import (
     OutboxMessage,
     RiskNotice,
@@ -30,8 +33,8 @@ from models.schema import (
     Student,
 )
 from models.scores import load_calendar
-from models.service import Service
 from scheduler.delivery import make_deliverer
+from scheduler.notify.warnings import rules_error_text
 from scheduler.registry import JobContext
 from scheduler.risk_jobs import risk_scan, warning_escalation
 from tests.chat import make_service, say
@@ -41,6 +44,7 @@ from tests.fake_wecom import FakeWeCom
 TZ = ZoneInfo("Asia/Shanghai")
 TODAY = date(2025, 11, 19)  # a Wednesday of week 2025-W47, mid first semester
 RULES = ROOT / "models" / "risk" / "risk_rules.toml"
+SETTINGS = load_settings({"secret_key": "test"})  # the shipped rules file, no policy overrides
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────
@@ -57,7 +61,7 @@ def svc(college, db_url, redis_url):
 
 @pytest.fixture
 def book(catalogue):
-    return risk.rule_book(catalogue)
+    return rule_book(SETTINGS, catalogue)
 
 
 def sid(session: Session, name: str) -> int:
@@ -87,19 +91,19 @@ def weeks_back(*values: float, start: date = TODAY) -> list[tuple[date, float]]:
 
 def findings(session, catalogue, day: date = TODAY) -> set[tuple[str, str]]:
     """(student name, rule id) of every automatic rule that matches on `day`."""
-    book = risk.rule_book(catalogue)
-    found = risk.find(session, book, catalogue, load_calendar(session), day, book.automatic())
+    book = rule_book(SETTINGS, catalogue)
+    found = find(session, book, catalogue, load_calendar(session), day, book.automatic())
     names = dict(session.execute(select(Student.id, Student.name)).all())
     return {(names[f.student_id], f.rule.id) for f in found}
 
 
-def job_ctx(session, catalogue, day: date, at: time = time(6, 40)) -> JobContext:
+def job_ctx(session, catalogue, day: date, at: time = time(6, 40), settings=SETTINGS) -> JobContext:
     return JobContext(session=session, now=datetime.combine(day, at, TZ), catalogue=catalogue,
-                      public_base_url="http://x")
+                      public_base_url="http://x", settings=settings)
 
 
-def run(job, session, catalogue, day: date, at: time = time(6, 40)) -> str:
-    result = job(job_ctx(session, catalogue, day, at))
+def run(job, session, catalogue, day: date, at: time = time(6, 40), settings=SETTINGS) -> str:
+    result = job(job_ctx(session, catalogue, day, at, settings))
     session.commit()
     return result
 
@@ -154,15 +158,30 @@ def test_the_rules_file_documents_every_default_and_checks_privacy(catalogue, bo
         data = tomllib.load(fh)
     bad = dict(data, rule=[dict(r, recipients=["辅导员", "任课教师"]) if r["id"] == "counselling_rising" else r
                            for r in data["rule"]])
-    with pytest.raises(risk.RulesError, match="counselling_rising: 敏感预警只能发给"):
-        risk.parse_rules(bad, catalogue)
+    with pytest.raises(RulesError) as error:
+        parse_rules(bad, catalogue)
+    assert rules_error_text(error.value) == "counselling_rising: 敏感预警只能发给 学工办、班主任、辅导员"
     bad = dict(data, rule=[dict(r, points=["ZZ9"]) if r["id"] == "homework" else r for r in data["rule"]])
-    with pytest.raises(risk.RulesError, match="homework: ZZ9 不是个人采分点"):
-        risk.parse_rules(bad, catalogue)
+    with pytest.raises(RulesError) as error:
+        parse_rules(bad, catalogue)
+    assert rules_error_text(error.value) == "homework: ZZ9 不是个人采分点"
     bad = dict(data, rule=[dict(r, when="avg < 90") if r["id"] == "lateness" else r for r in data["rule"]])
-    with pytest.raises(risk.RulesError, match="lateness: when="):
-        risk.parse_rules(bad, catalogue)
-    assert risk.parse_rules(data, catalogue, {"WARNING_WEEKLY_CAP": "3"}).policy.weekly_cap == 3
+    with pytest.raises(RulesError) as error:
+        parse_rules(bad, catalogue)
+    assert rules_error_text(error.value) == "lateness: when='avg < 90' 应形如 \"mean < 90\"（mean|sum|latest|count）"
+    assert parse_rules(data, catalogue, {"WARNING_WEEKLY_CAP": "3"}).policy.weekly_cap == 3
+    capped = load_settings({"secret_key": "test", "risk_policy_overrides": {"WARNING_WEEKLY_CAP": "3"}})
+    assert rule_book(capped, catalogue).policy.weekly_cap == 3 and book.policy.weekly_cap == 10
+
+
+def test_a_mistake_in_the_rules_file_stops_the_service_at_start_in_words(tmp_path, db_url):
+    with open(RULES, "rb") as fh:
+        text = fh.read().decode("utf-8")
+    bad = tmp_path / "rules.toml"
+    bad.write_text(text.replace('when = "mean < 90"', 'when = "avg < 90"', 1), encoding="utf-8")
+    settings = load_settings({"database_url": db_url, "secret_key": "t", "risk_rules_path": bad})
+    with pytest.raises(RuntimeError, match=r"when='avg < 90' 应形如 \"mean < 90\"（mean\|sum\|latest\|count）"):
+        runtime.make_service(settings)
 
 
 # ── each default rule, on both sides of its threshold ────────────────────────
@@ -444,27 +463,25 @@ def test_left_for_three_days_it_goes_to_the_office_and_the_department_head(svc, 
     assert "已记录处理" in say(svc, "wujun", f"处理 #{w.id} 已督促班主任")
 
 
-def test_the_weekly_cap_bundles_further_warnings_into_one_message(college, session, catalogue, db_url, monkeypatch):
-    with open(RULES, "rb") as fh:
-        capped = risk.parse_rules(tomllib.load(fh), catalogue, {"WARNING_WEEKLY_CAP": "2"})
-    monkeypatch.setattr(risk, "rule_book", lambda _catalogue: capped)
+def test_the_weekly_cap_bundles_further_warnings_into_one_message(college, session, catalogue, db_url):
+    capped = load_settings({"secret_key": "test", "risk_policy_overrides": {"WARNING_WEEKLY_CAP": "2"}})
     for name in ("张三", "李四", "王五"):
         put(session, catalogue, name, "B13", TODAY, 1, recorder="sunli")
-    run(risk_scan, session, catalogue, TODAY)
+    run(risk_scan, session, catalogue, TODAY, settings=capped)
     mine = [m for m in messages(session) if m.recipient == "wangfang"]
     assert [m.purpose for m in mine] == ["warning", "warning", "warning_bundle"]
     assert mine[2].period_key == "2025-W47" and "王五" in mine[2].body and "处理 #N 说明" in mine[2].body
     # Another this week joins the pending bundle; once that is sent, the next starts a second one.
     put(session, catalogue, "赵六", "B13", TODAY, 1, recorder="sunli")
     put(session, catalogue, "刘洋", "B13", TODAY, 1, recorder="sunli")
-    run(risk_scan, session, catalogue, TODAY + timedelta(days=1))
+    run(risk_scan, session, catalogue, TODAY + timedelta(days=1), settings=capped)
     bundles = [m for m in messages(session) if m.recipient == "liuwei" and m.purpose == "warning_bundle"]
     assert len(bundles) == 1 and all(n in bundles[0].body for n in ("王五", "赵六", "刘洋"))
     bundles[0].status = "sent"
     session.commit()
     put(session, catalogue, "钱七", "B13", TODAY, 1, recorder="sunli")  # 徐红's class: under her cap
     put(session, catalogue, "张三", "A09", TODAY, 55)
-    run(risk_scan, session, catalogue, TODAY + timedelta(days=2))
+    run(risk_scan, session, catalogue, TODAY + timedelta(days=2), settings=capped)
     keys = [m.period_key for m in messages(session) if m.recipient == "liuwei" and m.purpose == "warning_bundle"]
     assert keys == ["2025-W47", "2025-W47#2"]
     # A flag raised by a person is never bundled, and 严重 neither.
@@ -472,7 +489,7 @@ def test_the_weekly_cap_bundles_further_warnings_into_one_message(college, sessi
     assert {m.purpose for m in messages(session)[-2:]} == {"warning"}
     # The next week starts afresh: single messages again.
     put(session, catalogue, "李四", "A09", TODAY + timedelta(days=7), 50)
-    run(risk_scan, session, catalogue, TODAY + timedelta(days=7))
+    run(risk_scan, session, catalogue, TODAY + timedelta(days=7), settings=capped)
     last = messages(session)[-2:]
     assert {m.recipient for m in last} == {"wangfang", "liuwei"} and {m.purpose for m in last} == {"warning"}
     assert session.scalar(select(func.count()).select_from(RiskNotice).where(
@@ -490,14 +507,14 @@ def test_measures_time_to_first_action_share_within_72h_and_false_alarms_per_rul
     say(make_service(svc.settings.database_url, TODAY + timedelta(days=5)), "liuwei", f"误报 #{second.id} 记错")
     since = datetime(2025, 11, 1, tzinfo=UTC)
     until = datetime(2025, 11, 30, tzinfo=UTC)
-    m = risk.warning_measures(session, since, until)
+    m = measures.warning_measures(session, since, until)
     hours = {a.warning_id: a.hours for a in m.first_actions}
     assert hours == {first.id: 24.0, second.id: 120.0, third.id: None}
     assert (m.within_72h.hits, m.within_72h.total, m.within_72h.share) == (1, 3, pytest.approx(1 / 3))
-    assert m.false_alarms == {"discipline_once": risk.Share(1, 2)}
+    assert m.false_alarms == {"discipline_once": measures.Share(1, 2)}
     assert m.false_alarms["discipline_once"].share == 0.5
     # A warning still inside its 72 hours counts neither way.
-    early = risk.handled_within(session, since, datetime(2025, 11, 20, 12, tzinfo=UTC))
+    early = measures.handled_within(session, since, datetime(2025, 11, 20, 12, tzinfo=UTC))
     assert (early.hits, early.total) == (1, 1)
 
 
@@ -516,7 +533,7 @@ def test_the_warning_reaches_the_wecom_api_bundled_per_person(college, db_url, r
 
             redis.Redis.from_url(redis_url).flushdb()
         now = datetime.combine(TODAY, time(10, 0), TZ)
-        service = Service(settings, clock=lambda: now)
+        service = runtime.make_service(settings, clock=lambda: now)
         say(service, "sunli", "违纪频次 张三 3")
         report = make_deliverer(service).flush(now)
         assert report.sent == 2 and report.failed == 0
@@ -533,7 +550,7 @@ def test_the_warning_reaches_the_wecom_api_bundled_per_person(college, db_url, r
 # ── the demo college, as a new user would try it ─────────────────────────────
 
 def test_on_the_demo_college(session, catalogue, db_url):
-    load_demo(session, catalogue, TODAY)
+    load_demo(session, catalogue, TODAY, tz=TZ)
     session.commit()
     svc = make_service(db_url, TODAY)
     scan = run(risk_scan, session, catalogue, TODAY)
@@ -562,7 +579,7 @@ def test_on_the_demo_college(session, catalogue, db_url):
 
 
 def test_jobs_run_twice_from_the_command_line_queues_once(tmp_path):
-    from bot.cli import upgrade_database
+    from bot.cli.db import upgrade_database
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     upgrade_database(url)
