@@ -3,7 +3,7 @@
     .venv/bin/python bench/college.py [--students 15000] [--staff 600] [--weeks 18] [--keep-db]
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
-1. creates a fresh database (`czk_college`, or --db), migrates it (bot.cli.upgrade_database)
+1. creates a fresh database (`czk_college`, or --db), migrates it (bot.cli.db.upgrade_database)
    and generates a college with COPY: departments, classes of 40, students, staff with roles,
    teaching assignments, a semester of score entries (each week 5–6 observed class sessions
    of 准时率 / 预习完成率 / 作业完成率, 全勤率 and 宿舍得分; monthly 满勤率; a few counts; the
@@ -15,7 +15,8 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
    1 % of class sessions recorded wrongly and undone (撤销) five minutes later;
 2. measures, as of Monday 07:50 after the last week:
    - the raw digest aggregate (per class and point, the means of the last two weeks) and the
-     digest for every recipient (models.digest: build once, slice, render; not delivered):
+     digest for every recipient (models/digest: build once, slice; scheduler/notify/digest: render;
+     not delivered):
      without a state (cold, for reference), then, after last week's digest has left its state
      (untimed), this week's (the weekly run the target is for);
    - the raw scan aggregate (per student, the rule points over each rule's window, the
@@ -54,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bot.cli import upgrade_database  # noqa: E402
+from bot.cli.db import upgrade_database  # noqa: E402
 from models.catalogue import load_catalogue  # noqa: E402
 from models.db import make_engine, make_sessionmaker  # noqa: E402
 from models.periods import week_key  # noqa: E402
@@ -516,11 +517,17 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
 def measure(url: str, args: argparse.Namespace) -> None:
     import scheduler.jobs  # noqa: F401, PLC0415  (registers every job)
-    from models import digest  # noqa: PLC0415
+    from core.config import load_settings  # noqa: PLC0415
     from models.cards import student_card  # noqa: PLC0415
+    from models.digest.college import build_college, overview_is_quick  # noqa: PLC0415
+    from models.digest.recipients import recipients  # noqa: PLC0415
+    from models.digest.summary import digest_context  # noqa: PLC0415
+    from models.risk.rules import rule_book  # noqa: PLC0415
     from models.scores import load_calendar  # noqa: PLC0415
+    from scheduler.notify.digest import weekly_markdown, weekly_text  # noqa: PLC0415
 
     catalogue = load_catalogue(ROOT / "models" / "catalogue.toml")
+    book = rule_book(load_settings({"secret_key": "bench"}), catalogue)
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     monday = TERM_START + timedelta(weeks=args.weeks)
@@ -546,9 +553,9 @@ def measure(url: str, args: argparse.Namespace) -> None:
         def all_digests(today: date = monday) -> int:
             """What the Monday job computes (it also queues the messages): build once (keeping the
             state for next week, committed), slice and render for every recipient."""
-            data = digest.build_college(session, catalogue, cal, today, persist=True)
-            people = digest.recipients(session)
-            parts = sum(len(digest.render_markdown(digest.digest_context(data, p.department_id))) for p in people)
+            data = build_college(session, catalogue, cal, today, TZ, book, persist=True)
+            people = recipients(session)
+            parts = sum(len(weekly_markdown(digest_context(data, p.department_id))) for p in people)
             session.commit()
             return parts
 
@@ -568,7 +575,7 @@ def measure(url: str, args: argparse.Namespace) -> None:
                 best = min(best, time.perf_counter() - start)
             return best, messages
 
-        n_people = len(digest.recipients(session))
+        n_people = len(recipients(session))
         cold_s, messages = best_of(forget, repeat=1)  # long, and only for reference: once
         print(f"cold digest, no state at week 18 (a changed catalogue, a new installation; for reference, "
               f"one run): {cold_s:.3f} s = {cold_s / raw_digest:.2f} × raw (peak RSS so far {rss_mb():.0f} MB)")
@@ -587,13 +594,13 @@ def measure(url: str, args: argparse.Namespace) -> None:
         # 本周概况 in chat on the Wednesday: what handlers/digest.py does for one 系部主任 (the check
         # that the state is recent, then build without writing, slice, render), best of three.
         wednesday = monday + timedelta(days=2)
-        head = next(p for p in digest.recipients(session) if p.department_id is not None)
+        head = next(p for p in recipients(session) if p.department_id is not None)
         overview_s = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            quick = digest.overview_is_quick(session, catalogue, cal, wednesday)
-            data = digest.build_college(session, catalogue, cal, wednesday)
-            text_reply = digest.render_text(digest.digest_context(data, head.department_id))
+            quick = overview_is_quick(session, catalogue, cal, wednesday)
+            data = build_college(session, catalogue, cal, wednesday, TZ, book)
+            text_reply = weekly_text(digest_context(data, head.department_id))
             overview_s = min(overview_s, time.perf_counter() - start)
             session.rollback()
         print(f"本周概况 for one 系部主任 on Wednesday, from the stored state (inline: {quick}; "
@@ -637,20 +644,22 @@ def scan_figures(session, catalogue, cal, now: datetime, today: date) -> tuple[f
     """The raw per-student aggregate over every rule window, and the scan itself: the first over the
     college (returned), then a second right after it (printed); rolled back."""
     try:
-        from models import risk  # noqa: PLC0415
+        from core.config import load_settings  # noqa: PLC0415
+        from models.risk import aggregates, checks, matching, rules  # noqa: PLC0415
+        from scheduler.notify import warnings as notify  # noqa: PLC0415
     except ImportError:
         return 0.0, None
-    book = risk.rule_book(catalogue)
+    book = rules.rule_book(load_settings({"secret_key": "bench"}), catalogue)
     windows: dict[str, set[str]] = {}
     for rule in book.automatic():
         if rule.kind in ("threshold", "missing"):
             windows.setdefault(rule.window, set()).update(rule.points)
         elif rule.kind == "trend":
-            codes = {p.code for p in risk.trend_points(catalogue, rule.domain or "")}
+            codes = {p.code for p in matching.trend_points(catalogue, rule.domain or "")}
             windows.setdefault(rule.window, set()).update(codes)
-            start, _end = risk.window_bounds(rule.window, today, cal)
+            start, _end = aggregates.window_bounds(rule.window, today, cal)
             before_end = start - timedelta(days=1)
-            b_start, _ = risk.window_bounds(rule.baseline or "56d", before_end, cal)
+            b_start, _ = aggregates.window_bounds(rule.baseline or "56d", before_end, cal)
             windows.setdefault(f"baseline:{b_start}:{before_end}", set()).update(codes)
     from sqlalchemy import bindparam  # noqa: PLC0415
 
@@ -663,7 +672,7 @@ def scan_figures(session, catalogue, cal, now: datetime, today: date) -> tuple[f
                 _tag, start_s, end_s = window.split(":")
                 start, end = date.fromisoformat(start_s), date.fromisoformat(end_s)
             else:
-                start, end = risk.window_bounds(window, today, cal)
+                start, end = aggregates.window_bounds(window, today, cal)
             n += len(session.execute(query, {"codes": sorted(codes), "start": start, "end": end}).all())
         return n
 
@@ -673,7 +682,7 @@ def scan_figures(session, catalogue, cal, now: datetime, today: date) -> tuple[f
 
     def scan(label: str) -> float:
         start = time.perf_counter()
-        out = risk.scan(session, catalogue, cal, now, today)
+        out = checks.scan(session, book, catalogue, cal, now, today, notify=notify, tz=TZ)
         took = time.perf_counter() - start
         print(f"  {label}: {took:.3f} s: {out.line()} (peak RSS so far {rss_mb():.0f} MB)")
         return took

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
+from zoneinfo import ZoneInfo
+
 from sqlalchemy import select
 
 from core.messages import IncomingMessage, Reply
@@ -11,7 +15,8 @@ from models.authz import View, class_view, student_view, viewable_classes
 from models.cards import class_card, student_card
 from models.catalogue import DOMAINS
 from models.periods import UNIT_OF_PERIOD
-from models.risk import warning_history
+from models.risk.rules import rule_book
+from models.risk.warnings import warning_history
 from models.schema import SchoolClass, Staff, Student
 
 
@@ -37,38 +42,47 @@ def render_student_card(ctx: Context, student: Student, view: View, warnings: li
     term = ctx.calendar.term_for(ctx.today)
     recorders = {s.id: s.name for s in ctx.session.scalars(
         select(Staff).where(Staff.id.in_({e.recorder_id for e in latest if e.recorder_id})))}
-    latest_lines = [
-        f"{e.occurred_on:%m-%d} {ctx.catalogue.by_code[e.point_code].short} "
-        f"{ctx.catalogue.by_code[e.point_code].display_value(e.value)}"
-        + (f"（{recorders[e.recorder_id]}）" if e.recorder_id in recorders else "")
+    latest_entries = [
+        LatestEntry(e.occurred_on, ctx.catalogue.by_code[e.point_code].short,
+                    ctx.catalogue.by_code[e.point_code].display_value(e.value), recorders.get(e.recorder_id))
         for e in latest
     ]
     return render(
-        "chat/card.txt", title=f"{student.name}（{student.school_class.name}）储值卡", term=term.label,
+        "chat/card.txt", name=student.name, class_name=student.school_class.name, size=None, term=term.label,
         card=card, domains=[d for d in card.domains if d.domain in view.domains],
-        full=view.domains == frozenset(DOMAINS), compare=_compare_word(ctx),
-        latest=latest_lines, line_detail=_line_detail, warnings=warnings or [],
+        full=view.domains == frozenset(DOMAINS), by_month=_by_month(ctx),
+        latest=latest_entries, mean_unit=mean_unit, warnings=warnings or [],
     )
 
 
-def _compare_word(ctx: Context) -> str:
-    return "较上月" if ctx.catalogue.formula.compare == "month" else "较上周"
+@dataclass(frozen=True)
+class LatestEntry:
+    """One of the latest entries on a student's card."""
+
+    occurred_on: date
+    point: str
+    value: str
+    recorder: str | None
 
 
-def _line_detail(line) -> str:  # noqa: ANN001 - a CardLine
+def _by_month(ctx: Context) -> bool:
+    """Is the value added compared with last month (else last week)?"""
+    return ctx.catalogue.formula.compare == "month"
+
+
+def mean_unit(line) -> str | None:  # noqa: ANN001 - a CardLine
+    """What a card line's value is the mean over ("人", "次课", "周", "个月"), or None when it is no mean."""
     point, pv = line.point, line.value
-    shown = point.display_value(pv.value)
     if point.derived is not None:
-        return f"{shown}（{pv.periods}人均值）" if point.derived.op == "mean" else shown
+        return "人" if point.derived.op == "mean" else None
     if point.is_observation:
-        return f"{shown}（{pv.periods}次课均值）"
+        return "次课"
     if point.kind == "count" or pv.periods <= 1:
-        return shown
-    unit = "周" if UNIT_OF_PERIOD[point.period] == "week" else "个月"
-    return f"{shown}（{pv.periods}{unit}均值）"
+        return None
+    return "周" if UNIT_OF_PERIOD[point.period] == "week" else "个月"
 
 
-@registry.command("储值卡", "我的储值卡", "成长卡", "我的成长卡", summary="储值卡 [学生]：查看储值卡")
+@registry.command("储值卡", "我的储值卡", "成长卡", "我的成长卡", summary="chat/help/card.txt")
 def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """A student's own card, or (for staff) a student's card within scope."""
     actor = ctx.actor
@@ -89,10 +103,11 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     view = student_view(actor, found.id, found.class_id)
     if not view.domains:
         return Reply(render("chat/card_out_of_scope.txt", name=found.name, actor=actor))
-    return Reply(render_student_card(ctx, found, view, warning_history(ctx.session, ctx.catalogue, found.id, view)))
+    return Reply(render_student_card(ctx, found, view, warning_history(
+        ctx.session, rule_book(ctx.settings, ctx.catalogue), found.id, view, ZoneInfo(ctx.settings.timezone))))
 
 
-@registry.command("班级卡", audience="staff", summary="班级卡 <班级>：查看班级储值卡")
+@registry.command("班级卡", audience="staff", summary="chat/help/class_card.txt")
 def class_card_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """A class card (typed and derived class points) within the sender's scope."""
     if not args:
@@ -108,8 +123,8 @@ def class_card_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     card = class_card(ctx.session, ctx.catalogue, ctx.calendar, klass.id, ctx.today, view.shows)
     size = len(ctx.session.scalars(select(Student.id).where(Student.class_id == klass.id)).all())
     return Reply(render(
-        "chat/card.txt", title=f"{klass.name}（{size}人）班级卡", term=ctx.calendar.term_for(ctx.today).label,
+        "chat/card.txt", name=klass.name, class_name=None, size=size, term=ctx.calendar.term_for(ctx.today).label,
         card=card, domains=[d for d in card.domains if d.domain in view.domains],
-        full=view.domains == frozenset(DOMAINS), compare=_compare_word(ctx), latest=[],
-        line_detail=_line_detail,
+        full=view.domains == frozenset(DOMAINS), by_month=_by_month(ctx), latest=[],
+        mean_unit=mean_unit,
     ))

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from core.messages import IncomingMessage, Reply
-from core.render import render
+from core.render import fit_sections, render
 from handlers.registry import Context, registry
-from models.digest import build_college, digest_context, overview_is_quick, render_text, scope_of
+from models.digest.college import build_college, overview_is_quick
+from models.digest.recipients import scope_of
+from models.digest.summary import SECTIONS, digest_context
+from models.risk.rules import rule_book
 from models.schema import OverviewRequest
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 
 @registry.command("本周概况", "周概况", audience="staff", roles=("系部主任", "院领导"),
-                  summary="本周概况：上周的数据录入、领域平均分、增值、预警和逾期任务")
+                  summary="chat/help/digest.txt")
 def weekly_overview(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The same digest the Monday job sends, computed now, as plain text; when it cannot be computed
     within the channel's time limit (no recent state), a request the scheduler answers by push."""
@@ -21,5 +27,8 @@ def weekly_overview(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     if ctx.quick_reply and not overview_is_quick(ctx.session, ctx.catalogue, ctx.calendar, ctx.today):
         ctx.session.add(OverviewRequest(staff_id=ctx.actor.staff_id))
         return Reply(render("digest/deferred.txt"))
-    data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today)
-    return Reply(render_text(digest_context(data, person.department_id)))
+    data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today, ZoneInfo(ctx.settings.timezone),
+                         rule_book(ctx.settings, ctx.catalogue))
+    # The text the scheduler pushes when the answer had to wait (scheduler/notify/digest.weekly_text).
+    return Reply(fit_sections("digest/weekly.txt", SECTIONS, MAX_TEXT_BYTES, "digest/cut.txt",
+                              **digest_context(data, person.department_id)))

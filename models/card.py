@@ -1,19 +1,28 @@
 """The card: per-point semester values, domain subtotals, total and value added.
 
-Pure functions over plain values; the formula is documented in catalogue.toml
-and in the README ("The card formula").
+The one card formula. A point's semester value comes from its live entries (`point_value`, the
+way `value_kind` names); `Formula.scores` turns point values into subtotals and a total for many
+holders at once (the digest: every student of the college), and `build_cards` / `build_card`
+make the cards people read from those same scores. Pure functions over plain values; the formula
+is documented in catalogue.toml and in the README ("The card formula").
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from statistics import fmean
 
+import numpy as np
+
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
 from models.periods import UNIT_OF_PERIOD
+
+# How a point's semester value is made from its entries (see `point_value`).
+MEAN, SUM, NEWEST, PERIODS = "mean", "sum", "newest", "period_mean"
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class PointValue:
 
 @dataclass
 class CardLine:
+    """One point shown on a card: its value and the card points it gives."""
+
     point: ScorePoint
     value: PointValue
     card_points: float
@@ -45,6 +56,8 @@ class CardLine:
 
 @dataclass
 class DomainCard:
+    """One domain of a card: its subtotal and the lines the viewer may see."""
+
     domain: str
     subtotal: float | None
     lines: list[CardLine] = field(default_factory=list)
@@ -61,16 +74,53 @@ class Card:
 
     @property
     def value_added(self) -> float | None:
+        """The total's change since the previous period (None without both totals)."""
         if self.total is None or self.previous_total is None:
             return None
         return round(self.total - self.previous_total, 1)
 
     def subtotal(self, domain: str) -> float | None:
+        """The subtotal of `domain`."""
         return next(d.subtotal for d in self.domains if d.domain == domain)
 
     def domain_added(self, domain: str) -> float | None:
+        """A domain subtotal's change since the previous period."""
         now, before = self.subtotal(domain), self.previous_subtotals.get(domain)
         return None if now is None or before is None else round(now - before, 1)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A card's numbers: subtotals by domain (in DOMAINS order) and total (None where nothing counts)."""
+
+    subtotals: tuple[float | None, ...]
+    total: float | None
+
+
+EMPTY = Scores((None,) * len(DOMAINS), None)
+
+
+# ── point values ─────────────────────────────────────────────────────────────
+
+def value_kind(point: ScorePoint) -> str:
+    """How a point's semester value is made: MEAN, SUM, PERIODS (the mean over periods of each
+    period's newest value) or NEWEST (the newest value of all)."""
+    if point.is_observation:
+        return MEAN
+    if point.accumulates:
+        return SUM
+    if UNIT_OF_PERIOD[point.period] in ("week", "month"):
+        return PERIODS
+    return NEWEST
+
+
+def newest_per_period(entries: Iterable[Entry]) -> dict[str, Entry]:
+    """Each period's newest entry (the largest id: a later recording replaces an earlier one)."""
+    latest: dict[str, Entry] = {}
+    for e in entries:
+        if e.period_key not in latest or e.id > latest[e.period_key].id:
+            latest[e.period_key] = e
+    return latest
 
 
 def point_value(point: ScorePoint, entries: list[Entry]) -> PointValue | None:
@@ -78,16 +128,14 @@ def point_value(point: ScorePoint, entries: list[Entry]) -> PointValue | None:
     if not entries:
         return None
     last_on = max(e.occurred_on for e in entries)
-    if point.is_observation:
+    kind = value_kind(point)
+    if kind == MEAN:
         return PointValue(fmean(e.value for e in entries), len(entries), last_on)
-    if point.accumulates:
+    if kind == SUM:
         periods = len({e.period_key for e in entries})
         return PointValue(float(sum(e.value for e in entries)), periods, last_on)
-    latest: dict[str, Entry] = {}
-    for e in entries:
-        if e.period_key not in latest or e.id > latest[e.period_key].id:
-            latest[e.period_key] = e
-    if UNIT_OF_PERIOD[point.period] in ("week", "month"):
+    latest = newest_per_period(entries)
+    if kind == PERIODS:
         return PointValue(fmean(e.value for e in latest.values()), len(latest), last_on)
     newest = max(latest.values(), key=lambda e: e.id)
     return PointValue(newest.value, 1, last_on)
@@ -138,39 +186,137 @@ def derive_class_values(catalogue: Catalogue, per_student: list[dict[str, PointV
     return out
 
 
-def build_card(catalogue: Catalogue, values: dict[str, PointValue],
-               visible: Callable[[ScorePoint], bool] = lambda p: True,
-               points: Iterable[ScorePoint] | None = None) -> Card:
-    """Subtotals and total from point values. Hidden points still count, unseen.
+# ── subtotals and total: the formula, for many holders at once ──────────────
 
-    Every viewer sees the same subtotals and total; `visible` only decides which
-    lines are shown (sensitive points to those allowed to see them).
+# (holder ids, values) of one point: parallel sequences, a holder at most once.
+Column = tuple[Sequence[int], Sequence[float]]
+
+
+class Formula:
+    """Subtotals and total from point values, for many holders (students, a class) at once.
+
+    A domain's subtotal is the weighted mean of the card points of its recorded points, added in
+    catalogue order and rounded to one decimal; the total is the domain-weighted mean of the
+    subtotals present, rounded. Hidden points still count, unseen. Columnwise with numpy: the
+    catalogue is gone through once, each point adding its weighted card points to every holder's
+    running sums of its domain, so every holder's sums see the same additions in the same order;
+    the card points of a (point, value) are computed once.
+    """
+
+    def __init__(self, catalogue: Catalogue, points: Iterable[ScorePoint] | None = None) -> None:
+        pool = catalogue.points if points is None else points
+        self.points = [(p.code, DOMAINS.index(p.domain), p, p.weight) for p in pool]
+        self.domain_weights = [catalogue.formula.domain_weights.get(d, 0.0) for d in DOMAINS]
+
+    def scores(self, columns: Mapping[str, Column], holders: set[int] | None = None) -> dict[int, Scores]:
+        """Every holder's scores (or only those of `holders`) from (holder ids, values) per point.
+
+        Holders without any value of the pool's points are left out (their scores are EMPTY).
+        """
+        arrays = {code: (_ints(ids), _floats(values)) for code, (ids, values) in columns.items()}
+        if holders is not None:
+            wanted = np.fromiter(holders, dtype=np.int64, count=len(holders))
+            arrays = {code: (ids[mask], values[mask]) for code, (ids, values) in arrays.items()
+                      for mask in (np.isin(ids, wanted),)}
+        arrays = {code: arrays[code] for code, _d, _p, _w in self.points
+                  if code in arrays and len(arrays[code][0])}
+        if not arrays:
+            return {}
+        present = np.unique(np.concatenate([ids for ids, _values in arrays.values()]))
+        size = int(present[-1]) + 1
+        weighted = np.zeros((len(DOMAINS), size))
+        weights = np.zeros((len(DOMAINS), size))
+        for code, d, point, weight in self.points:
+            if code not in arrays:
+                continue
+            ids, values = arrays[code]
+            distinct = sorted(set(values.tolist()))  # the card points of each distinct value, once
+            points = np.array([point.card_points(v) * weight for v in distinct])
+            weighted[d, ids] += points[np.searchsorted(distinct, values)]  # a holder is once in a column
+            weights[d, ids] += weight
+        sums, counts = weighted[:, present], weights[:, present]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = (sums / counts).tolist()
+        recorded = (counts != 0).tolist()
+        per_domain = [[round(m, 1) if r else None for m, r in zip(ms, rs, strict=True)]
+                      for ms, rs in zip(means, recorded, strict=True)]
+        domain_weights = self.domain_weights
+        out = {}
+        for holder, subtotals in zip(present.tolist(), zip(*per_domain, strict=True), strict=True):
+            num = denom = 0  # over the present domains, in order, from 0
+            for s, w in zip(subtotals, domain_weights, strict=True):
+                if s is not None:
+                    num += s * w
+                    denom += w
+            out[holder] = Scores(subtotals, round(num / denom, 1) if denom else None)
+        return out
+
+
+def domain_subtotals(catalogue: Catalogue, domain: str,
+                     values: Mapping[int, Mapping[str, float]]) -> dict[int, float | None]:
+    """One domain's subtotal for many holders (id → point code → value), as a card shows it."""
+    columns: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for holder, mine in values.items():
+        for code, value in mine.items():
+            columns[code][0].append(holder)
+            columns[code][1].append(value)
+    d = DOMAINS.index(domain)
+    return {holder: scores.subtotals[d] for holder, scores in Formula(catalogue).scores(columns).items()}
+
+
+def _ints(a: Sequence[int]) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, array) and a.typecode == "i":
+        return np.frombuffer(a, dtype=np.intc) if len(a) else np.zeros(0, np.intc)
+    return np.asarray(a, dtype=np.int64)
+
+
+def _floats(a: Sequence[float]) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, array) and a.typecode == "d":
+        return np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0)
+    return np.asarray(a, dtype=np.float64)
+
+
+# ── cards ────────────────────────────────────────────────────────────────────
+
+def build_cards(catalogue: Catalogue, values: Mapping[int, Mapping[str, PointValue]],
+                visible: Callable[[ScorePoint], bool] = lambda p: True,
+                points: Iterable[ScorePoint] | None = None) -> dict[int, Card]:
+    """Cards of many holders (id → point values) at once, their numbers from one `Formula` run.
+
+    Every viewer sees the same subtotals and total; `visible` only decides which lines are shown
+    (sensitive points to those allowed to see them).
     """
     pool = list(points) if points is not None else catalogue.points
-    domains = []
-    for domain in DOMAINS:
-        lines, weighted, weights = [], 0.0, 0.0
-        for point in pool:
-            if point.domain != domain or point.code not in values:
-                continue
-            pv = values[point.code]
-            cp = point.card_points(pv.value)
-            weighted += cp * point.weight
-            weights += point.weight
-            if visible(point):
-                lines.append(CardLine(point, pv, cp))
-        subtotal = round(weighted / weights, 1) if weights else None
-        domains.append(DomainCard(domain, subtotal, lines))
-    return Card(domains, _total(catalogue, domains))
+    columns: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for holder, mine in values.items():
+        for code, pv in mine.items():
+            ids, vals = columns[code]
+            ids.append(holder)
+            vals.append(pv.value)
+    scores = Formula(catalogue, pool).scores(columns)
+    return {holder: _card(pool, mine, scores.get(holder, EMPTY), visible) for holder, mine in values.items()}
 
 
-def _total(catalogue: Catalogue, domains: list[DomainCard]) -> float | None:
-    weights = catalogue.formula.domain_weights
-    present = [(d.subtotal, weights.get(d.domain, 0.0)) for d in domains if d.subtotal is not None]
-    denom = sum(w for _s, w in present)
-    if not denom:
-        return None
-    return round(sum(s * w for s, w in present) / denom, 1)
+def build_card(catalogue: Catalogue, values: Mapping[str, PointValue],
+               visible: Callable[[ScorePoint], bool] = lambda p: True,
+               points: Iterable[ScorePoint] | None = None) -> Card:
+    """One card from point values (see `build_cards`)."""
+    return build_cards(catalogue, {0: values}, visible, points)[0]
+
+
+def _card(pool: list[ScorePoint], values: Mapping[str, PointValue], scores: Scores,
+          visible: Callable[[ScorePoint], bool]) -> Card:
+    lines: dict[str, list[CardLine]] = {d: [] for d in DOMAINS}
+    for point in pool:
+        pv = values.get(point.code)
+        if pv is not None and visible(point):
+            lines[point.domain].append(CardLine(point, pv, point.card_points(pv.value)))
+    domains = [DomainCard(d, scores.subtotals[i], lines[d]) for i, d in enumerate(DOMAINS)]
+    return Card(domains, scores.total)
 
 
 def with_previous(card: Card, previous: Card) -> Card:

@@ -1,19 +1,20 @@
 """Loading cards from the database: one student's, a class's, and many students' at once.
 
-Every card here is built by `models.card` (the one formula) from entries loaded by one query shape.
+Every card here is built by `models.card` (the one formula) from entries loaded by one query shape;
+now and before are scored in one formula run.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from models.card import Card, Entry, build_card, derive_class_values, point_values, with_previous
+from models.card import Card, Entry, build_cards, derive_class_values, point_values, with_previous
 from models.catalogue import Catalogue, ScorePoint
 from models.periods import Calendar, Term, month_bounds, week_bounds
 from models.schema import ScoreEntry, Student
@@ -49,7 +50,6 @@ def student_card(session: Session, catalogue: Catalogue, cal: Calendar, student_
     points = catalogue.individual()
     rows = session.execute(_entry_query(term).where(ScoreEntry.student_id == student_id)).all()
     entries = [_to_entry(r) for r in rows if r.occurred_on <= today]
-    card = build_card(catalogue, point_values(catalogue, entries), visible, points)
     cutoff = previous_cutoff(catalogue, today)
     if cutoff >= term.start:
         before = point_values(catalogue, entries, cutoff)
@@ -58,7 +58,7 @@ def student_card(session: Session, catalogue: Catalogue, cal: Calendar, student_
         prev_rows = session.execute(
             _entry_query(prev_term).where(ScoreEntry.student_id == student_id)).all()
         before = point_values(catalogue, [_to_entry(r) for r in prev_rows])
-    with_previous(card, build_card(catalogue, before, visible, points))
+    card = _with_before(catalogue, point_values(catalogue, entries), before, visible, points)
     shown = [p.code for p in points if visible(p)]
     latest = session.scalars(
         select(ScoreEntry)
@@ -93,21 +93,28 @@ def class_card(session: Session, catalogue: Catalogue, cal: Calendar, class_id: 
     """A class card: typed class points and points derived from the students' entries."""
     term = cal.term_for(today)
     points = catalogue.for_class()
-    card = build_card(catalogue, _class_values(session, catalogue, term, class_id, today),
-                      visible, points)
+    now = _class_values(session, catalogue, term, class_id, today)
     cutoff = previous_cutoff(catalogue, today)
     if cutoff >= term.start:
         before = _class_values(session, catalogue, term, class_id, cutoff)
     else:
         prev = cal.previous_term(term)
         before = _class_values(session, catalogue, prev, class_id, prev.end)
-    return with_previous(card, build_card(catalogue, before, visible, points))
+    return _with_before(catalogue, now, before, visible, points)
+
+
+def _with_before(catalogue: Catalogue, now: dict, before: dict, visible: Callable[[ScorePoint], bool],
+                 points: list[ScorePoint]) -> Card:
+    """A card from its point values now, with value added against those before (one formula run)."""
+    cards = build_cards(catalogue, {0: now, 1: before}, visible, points)
+    return with_previous(cards[0], cards[1])
 
 
 # ── cards of many students ───────────────────────────────────────────────────
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """`items` in slices of `size`."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -121,22 +128,26 @@ def load_entries(session: Session, term: Term, student_ids: Sequence[int]) -> di
     return out
 
 
-def card_from_entries(catalogue: Catalogue, entries: list[Entry], today: date, cutoff: date,
-                      previous_entries: list[Entry] | None,
-                      visible: Callable[[ScorePoint], bool] = lambda p: True) -> Card:
-    """A student's card from loaded entries, exactly as `student_card` builds it.
+def cards_from_entries(catalogue: Catalogue, entries: Mapping[int, list[Entry]], today: date, cutoff: date,
+                       previous_entries: Mapping[int, list[Entry]] | None, student_ids: Sequence[int],
+                       visible: Callable[[ScorePoint], bool] = lambda p: True) -> dict[int, Card]:
+    """Students' cards from loaded entries, exactly as `student_card` builds them, in two formula runs.
 
     `previous_entries` is None when `cutoff` falls inside the semester (value added is then
     measured against the same entries up to `cutoff`), else the previous semester's entries.
     """
     points = catalogue.individual()
-    current = [e for e in entries if e.occurred_on <= today]
-    card = build_card(catalogue, point_values(catalogue, current), visible, points)
-    if previous_entries is None:
-        before = point_values(catalogue, current, cutoff)
-    else:
-        before = point_values(catalogue, previous_entries)
-    return with_previous(card, build_card(catalogue, before, visible, points))
+    now, before = {}, {}
+    for sid in student_ids:
+        current = [e for e in entries.get(sid, []) if e.occurred_on <= today]
+        now[sid] = point_values(catalogue, current)
+        if previous_entries is None:
+            before[sid] = point_values(catalogue, current, cutoff)
+        else:
+            before[sid] = point_values(catalogue, previous_entries.get(sid, []))
+    cards = build_cards(catalogue, now, visible, points)
+    previous = build_cards(catalogue, before, visible, points)
+    return {sid: with_previous(cards[sid], previous[sid]) for sid in student_ids}
 
 
 def student_cards(session: Session, catalogue: Catalogue, cal: Calendar, student_ids: Sequence[int],
@@ -146,8 +157,4 @@ def student_cards(session: Session, catalogue: Catalogue, cal: Calendar, student
     cutoff = previous_cutoff(catalogue, today) if cutoff is None else cutoff
     entries = load_entries(session, term, student_ids)
     previous = load_entries(session, cal.previous_term(term), student_ids) if cutoff < term.start else None
-    return {
-        sid: card_from_entries(catalogue, entries.get(sid, []), today, cutoff,
-                               None if previous is None else previous.get(sid, []))
-        for sid in student_ids
-    }
+    return cards_from_entries(catalogue, entries, today, cutoff, previous, student_ids)

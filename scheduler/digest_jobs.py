@@ -1,12 +1,13 @@
 """The weekly digest (`weekly_digest`): Monday morning, to each 院领导 (the college) and each
 系部主任 (their department), through the outbox.
 
-The data is computed once per run for the whole college (models/digest.py) and sliced per
-recipient. Each digest is WeCom markdown within 2048 bytes; a longer one is split into
-numbered parts whose period keys are the ISO week with "-1", "-2" …. A recipient who already
-has any part of the week's digest gets nothing new, so a rerun queues nothing. The run also keeps
-the card values as of the week's Sunday (models/digest/values.py), in the same transaction, for
-next week's digest: once per week, whatever reruns (a rerun or a concurrent run keeps the first).
+The data is computed once per run for the whole college (models/digest/) and sliced per
+recipient; scheduler/notify/digest.py renders it. Each digest is WeCom markdown within 2048
+bytes; a longer one is split into numbered parts whose period keys are the ISO week with "-1",
+"-2" …. A recipient who already has any part of the week's digest gets nothing new, so a rerun
+queues nothing. The run also keeps the card values as of the week's Sunday (models/digest/state.py),
+in the same transaction, for next week's digest: once per week, whatever reruns (a rerun or a
+concurrent run keeps the first).
 
 Schedule: WEEKLY_DIGEST_CRON, `[DAYS] HH:MM` in APP_TIMEZONE (default `mon 07:50`: WeCom
 advises against sending on the hour or half hour).
@@ -14,25 +15,24 @@ advises against sending on the hour or half hour).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, tzinfo
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from models.catalogue import Catalogue
-from models.digest import PURPOSE, build_college, digest_context, recipients, render_markdown, render_text
+from models.digest.college import build_college
+from models.digest.recipients import PURPOSE, recipients
+from models.digest.summary import digest_context
+from models.digest.week import digest_week
 from models.outbox import enqueue
+from models.risk.rules import RuleBook, rule_book
 from models.schema import OutboxMessage, OverviewRequest, Staff, utcnow
 from models.scores import load_calendar
-from scheduler.registry import JobContext, job, parse_schedule
-
-try:
-    SCHEDULE = parse_schedule((os.environ.get("WEEKLY_DIGEST_CRON") or "mon 07:50").strip())
-except ValueError as exc:
-    raise ValueError(f"WEEKLY_DIGEST_CRON: {exc}") from None
+from scheduler.notify.digest import weekly_markdown, weekly_text
+from scheduler.registry import JobContext, job
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Tally:
     no_account: int = 0
 
     def line(self, key: str) -> str:
+        """The job's result line."""
         return (f"{key}: queued {self.queued} digests ({self.parts} messages), {self.already} already queued, "
                 f"{self.no_account} recipients without WeCom account")
 
@@ -57,7 +58,7 @@ def already_sent(ctx: JobContext, key: str) -> set[str]:
     return set(rows)
 
 
-@job("weekly_digest", "Weekly digest to 院领导 (college) and 系部主任 (department), Monday morning", **SCHEDULE)
+@job("weekly_digest", "Weekly digest to 院领导 (college) and 系部主任 (department), Monday morning")
 def weekly_digest(ctx: JobContext) -> str:
     """Queue last week's digest for every 院领导 and 系部主任 with a WeCom account, once."""
     people = recipients(ctx.session)
@@ -69,13 +70,14 @@ def weekly_digest(ctx: JobContext) -> str:
             tally.no_account += 1
             continue
         if data is None:
-            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today, persist=True)
+            data = build_college(ctx.session, ctx.catalogue, ctx.calendar, ctx.today, ctx.now.tzinfo,
+                                 rule_book(ctx.settings, ctx.catalogue), persist=True)
             key = data.week.key
             done = already_sent(ctx, key)
         if person.userid in done:
             tally.already += 1
             continue
-        parts = render_markdown(digest_context(data, person.department_id))
+        parts = weekly_markdown(digest_context(data, person.department_id))
         keys = [key] if len(parts) == 1 else [f"{key}-{i}" for i in range(1, len(parts) + 1)]
         queued = [enqueue(ctx.session, person.userid, PURPOSE, k, body, msgtype="markdown")
                   for k, body in zip(keys, parts, strict=True)]
@@ -86,8 +88,6 @@ def weekly_digest(ctx: JobContext) -> str:
             tally.already += 1
         done.add(person.userid)
     if data is None:
-        from models.digest import digest_week
-
         key = digest_week(ctx.today, ctx.calendar).key
     return tally.line(key)
 
@@ -95,7 +95,8 @@ def weekly_digest(ctx: JobContext) -> str:
 OVERVIEW_PURPOSE = "weekly_overview"
 
 
-def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalogue, today: date) -> int:
+def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalogue, today: date, zone: tzinfo,
+                             book: RuleBook) -> int:
     """Build the digest once for every `本周概况` still waiting (handlers/digest.py queued it when a
     callback could not wait for it) and queue each asker's slice as a push; the request is closed in
     the same transaction, so a rerun or a second scheduler answers nothing twice. Returns how many."""
@@ -106,7 +107,7 @@ def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalog
         waiting = list(session.scalars(query))
         if not waiting:
             return 0
-        data = build_college(session, catalogue, load_calendar(session), today)
+        data = build_college(session, catalogue, load_calendar(session), today, zone, book)
         people = {p.staff_id: p for p in recipients(session)}
         accounts = dict(session.execute(select(Staff.id, Staff.wecom_userid).where(
             Staff.id.in_([r.staff_id for r in waiting]))).all())
@@ -114,7 +115,7 @@ def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalog
             person, userid = people.get(request.staff_id), accounts.get(request.staff_id)
             if person is not None and userid:
                 enqueue(session, userid, OVERVIEW_PURPOSE, f"request-{request.id}",
-                        render_text(digest_context(data, person.department_id)))
+                        weekly_text(digest_context(data, person.department_id)))
             request.done_at = utcnow()
         session.commit()
         return len(waiting)

@@ -30,26 +30,24 @@ not on the hour, as WeCom asks).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 from statistics import fmean
 
-from dotenv import load_dotenv
 from sqlalchemy import select
 
-from core.config import ROOT
-from core.render import render
+from core.render import cut_to_bytes, render, utf8_size
 from models.card import Card, Entry
-from models.cards import card_from_entries, load_entries
+from models.cards import cards_from_entries, load_entries
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
+from models.digest.week import DigestWeek, digest_week
 from models.outbox import Draft, enqueue_many
-from models.periods import Calendar, Term, week_bounds, week_key
+from models.periods import Calendar
 from models.schema import OutboxMessage, SchoolClass, Staff, Student
 from scheduler.registry import JobContext, job
-from scheduler.reminders import MAX_BYTES, first_semester_midpoint, in_session, parse_schedule
-from scheduler.reminders import SETTINGS as REMINDERS
+from scheduler.reminders import first_semester_midpoint, in_session
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 PURPOSE = "student_weekly_card"
 ATTENDANCE = "A03"  # 全勤率 (周末)
@@ -62,28 +60,6 @@ PLAN_PERIODS = ("学年初", "第一学期中")
 RECORDED_SHOWN = 6
 INSERT_CHUNK = 500
 
-load_dotenv(ROOT / ".env", override=False)
-try:
-    SCHEDULE = parse_schedule((os.environ.get("STUDENT_WEEKLY_CARD_CRON") or "mon 08:10").strip())
-except ValueError as exc:
-    raise ValueError(f"STUDENT_WEEKLY_CARD_CRON: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Week:
-    """The week a card reports on: Monday to Sunday, its ISO key and semester."""
-
-    monday: date
-    sunday: date
-    key: str
-    term: Term
-
-
-def week_before(today: date, cal: Calendar) -> Week:
-    """The last complete week before `today`'s week."""
-    monday, sunday = week_bounds(today - timedelta(days=7))
-    return Week(monday, sunday, week_key(monday), cal.term_for(sunday))
-
 
 @dataclass(frozen=True)
 class PlanDue:
@@ -95,7 +71,7 @@ class PlanDue:
     hand_to: str
 
 
-def plans_due(catalogue: Catalogue, cal: Calendar, today: date) -> list[PlanDue]:
+def plans_due(catalogue: Catalogue, cal: Calendar, today: date, year_start_weeks: int) -> list[PlanDue]:
     """Plan documents whose deadline is at most PLAN_NOTICE_DAYS away (or past) on `today`."""
     term = cal.term_for(today)
     out = []
@@ -104,7 +80,7 @@ def plans_due(catalogue: Catalogue, cal: Calendar, today: date) -> list[PlanDue]
             continue
         if point.period == "学年初":
             first = term if term.term == 1 else cal.previous_term(term)
-            deadline = first.start + timedelta(days=7 * REMINDERS.year_start_weeks - 1)
+            deadline = first.start + timedelta(days=7 * year_start_weeks - 1)
             key = term.year
         else:
             if term.term != 1:
@@ -125,7 +101,7 @@ def _fmt(point: ScorePoint, value: float) -> str:
     return point.display_value(round(value, 1))
 
 
-def week_facts(catalogue: Catalogue, entries: list[Entry], card: Card, week: Week, plans: list[PlanDue],
+def week_facts(catalogue: Catalogue, entries: list[Entry], card: Card, week: DigestWeek, plans: list[PlanDue],
                today: date) -> dict:
     """What one student's weekly card says: domains, records, what to act on, the next step."""
     by_code: dict[str, list[Entry]] = defaultdict(list)
@@ -142,11 +118,13 @@ def week_facts(catalogue: Catalogue, entries: list[Entry], card: Card, week: Wee
             continue
         if point.is_observation:
             mean = fmean(e.value for e in week_entries)
-            recorded.append(f"{point.short} {_fmt(point, mean)}（{len(week_entries)}次课）")
+            recorded.append({"point": point.short, "value": _fmt(point, mean), "sessions": len(week_entries)})
         elif point.accumulates:
-            recorded.append(f"{point.short} {_fmt(point, sum(e.value for e in week_entries))}")
+            recorded.append({"point": point.short, "value": _fmt(point, sum(e.value for e in week_entries)),
+                             "sessions": None})
         else:
-            recorded.append(f"{point.short} {_fmt(point, _latest(week_entries).value)}")
+            recorded.append({"point": point.short, "value": _fmt(point, _latest(week_entries).value),
+                             "sessions": None})
 
     todos: list[dict] = []
     attendance = catalogue.by_code.get(ATTENDANCE)
@@ -191,7 +169,7 @@ def next_step(todos: list[dict], card: Card) -> dict:
     return {"kind": "start"}
 
 
-def card_body(name: str, signer: str, head: str | None, week: Week, card: Card, facts: dict) -> str:
+def card_body(name: str, signer: str, head: str | None, week: DigestWeek, card: Card, facts: dict) -> str:
     """The message, cut to WeCom's 2048 bytes by listing fewer records if ever needed."""
     recorded = facts["recorded"]
     shown = min(len(recorded), RECORDED_SHOWN)
@@ -199,12 +177,10 @@ def card_body(name: str, signer: str, head: str | None, week: Week, card: Card, 
         body = render("push/weekly_card.txt", name=name, signer=signer, head=head, week=week, card=card,
                       domains=facts["domains"], recorded=recorded[:shown], more=len(recorded) - shown,
                       todos=facts["todos"], step=facts["step"])
-        if len(body.encode("utf-8")) <= MAX_BYTES or shown == 0:
+        if utf8_size(body) <= MAX_TEXT_BYTES or shown == 0:
             break
         shown -= 1
-    if len(body.encode("utf-8")) > MAX_BYTES:
-        body = body.encode("utf-8")[:MAX_BYTES].decode("utf-8", errors="ignore")
-    return body
+    return cut_to_bytes(body, MAX_TEXT_BYTES)
 
 
 @dataclass
@@ -218,6 +194,7 @@ class Tally:
     no_signer: int = 0
 
     def line(self, key: str) -> str:
+        """The job's result line."""
         return (f"{key}: queued {self.queued} weekly cards, {self.already} already queued, "
                 f"{self.unsubscribed} unsubscribed, {self.no_account} without WeCom account, "
                 f"{self.no_signer} without 班主任")
@@ -233,12 +210,11 @@ def _queue(ctx: JobContext, key: str, messages: list[tuple[str, str]]) -> int:
     return queued
 
 
-@job("student_weekly_card", "Each student's own weekly card (value added, records, what to do), signed by the 班主任",
-     **SCHEDULE)
+@job("student_weekly_card", "Each student's own weekly card (value added, records, what to do), signed by the 班主任")
 def student_weekly_card(ctx: JobContext) -> str:
     """Queue last week's personal card for every subscribed student with a WeCom account."""
     cal = ctx.calendar
-    week = week_before(ctx.today, cal)
+    week = digest_week(ctx.today, cal)
     if not in_session(cal, week.monday, week.sunday):
         return f"{week.key}: nothing sent (vacation week)"
     tally = Tally()
@@ -272,12 +248,12 @@ def student_weekly_card(ctx: JobContext) -> str:
     entries = load_entries(ctx.session, week.term, ids)
     cutoff = week.sunday - timedelta(days=7)
     previous = load_entries(ctx.session, cal.previous_term(week.term), ids) if cutoff < week.term.start else None
-    plans = plans_due(ctx.catalogue, cal, ctx.today)
+    plans = plans_due(ctx.catalogue, cal, ctx.today, ctx.reminders.year_start_weeks)
+    cards = cards_from_entries(ctx.catalogue, entries, week.sunday, cutoff, previous, ids)
     messages = []
     for r, signer in todo:
         mine = entries.get(r.id, [])
-        card = card_from_entries(ctx.catalogue, mine, week.sunday, cutoff,
-                                 None if previous is None else previous.get(r.id, []))
+        card = cards[r.id]
         facts = week_facts(ctx.catalogue, mine, card, week, plans, ctx.today)
         head = names.get(r.head_teacher_id)
         messages.append((r.wecom_userid, card_body(r.name, signer, head, week, card, facts)))

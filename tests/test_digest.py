@@ -15,17 +15,14 @@ import pytest
 from sqlalchemy import func, select
 
 import scheduler.jobs  # noqa: F401  (registers every job)
+from core.config import load_settings
 from models.cards import student_card
 from models.catalogue import DOMAINS
-from models.digest import (
-    MAX_BYTES,
-    PURPOSE,
-    build_college,
-    digest_context,
-    render_markdown,
-    render_text,
-)
+from models.digest.college import build_college
+from models.digest.recipients import PURPOSE
+from models.digest.summary import digest_context
 from models.io.demo import load_demo
+from models.risk.rules import rule_book
 from models.schema import (
     Department,
     OutboxMessage,
@@ -38,9 +35,11 @@ from models.schema import (
     Student,
 )
 from models.scores import load_calendar
+from scheduler.notify.digest import weekly_markdown, weekly_text
 from scheduler.registry import JOBS
 from scheduler.runner import run_job
 from tests.chat import make_service, say
+from wechat.wecom_api import MAX_TEXT_BYTES as MAX_BYTES
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = date(2025, 11, 24)
@@ -48,10 +47,16 @@ SUNDAY = date(2025, 11, 23)
 WEEK = "2025-W47"
 
 
+def college_data(session, catalogue, day: date = MONDAY):
+    """The college's digest data as the jobs build it (the shipped rules, Asia/Shanghai)."""
+    return build_college(session, catalogue, load_calendar(session), day, TZ,
+                         rule_book(load_settings(environ={}), catalogue))
+
+
 @pytest.fixture
 def demo(session, catalogue):
     """The demo college, with gaps in last week's data entry, warnings and an overdue task."""
-    load_demo(session, catalogue, MONDAY)
+    load_demo(session, catalogue, MONDAY, tz=TZ)
     cs = session.scalar(select(SchoolClass).where(SchoolClass.code == "计算机2301"))
     students = session.scalars(select(Student.id).where(Student.class_id == cs.id).order_by(Student.id)).all()
     # 王芳 did not record 全勤率 for five of her students last week.
@@ -150,7 +155,7 @@ def test_one_digest_per_leader_and_department_head_and_rerun_sends_nothing(demo,
 
 def test_numbers_match_the_cards(demo, session, catalogue):
     cal = load_calendar(session)
-    data = build_college(session, catalogue, cal, MONDAY)
+    data = college_data(session, catalogue)
     assert data.week.key == WEEK and data.week.sunday == SUNDAY
     every: dict[str, list[float]] = {d: [] for d in DOMAINS}
     for klass in data.classes.values():
@@ -168,34 +173,34 @@ def test_numbers_match_the_cards(demo, session, catalogue):
     context = digest_context(data, None)
     for d in context["domains"]:
         assert d["mean"] == round(fmean(every[d["domain"]]), 1)
-    body = render_markdown(context)[0]
+    body = weekly_markdown(context)[0]
     for d in context["domains"]:
         assert f"- {d['domain']} {d['mean']:.1f}（" in body
 
 
 def test_long_digest_is_split_into_numbered_parts(demo, session, catalogue):
-    data = build_college(session, catalogue, load_calendar(session), MONDAY)
+    data = college_data(session, catalogue)
     context = digest_context(data, None)
-    parts = render_markdown(context, limit=700)
+    parts = weekly_markdown(context, limit=700)
     assert len(parts) > 1
     for i, part in enumerate(parts, start=1):
         assert len(part.encode("utf-8")) <= 700
         assert f"（{i}/{len(parts)}）" in part.splitlines()[0]
-    text = render_text(context, limit=700)
+    text = weekly_text(context, limit=700)
     assert len(text.encode("utf-8")) <= 700 and "其余从略" in text
 
 
 def test_split_parts_are_idempotent_too(demo, session, db_url, redis_url, monkeypatch):
     from scheduler import digest_jobs
 
-    real = digest_jobs.render_markdown
-    monkeypatch.setattr(digest_jobs, "render_markdown", lambda ctx: real(ctx, limit=700))
+    real = digest_jobs.weekly_markdown
+    monkeypatch.setattr(digest_jobs, "weekly_markdown", lambda ctx: real(ctx, limit=700))
     assert run(db_url, redis_url).status == "ok"
     sent = digests(session)
     keys = [r.period_key for r in sent["zhengyuan"]]
     assert len(keys) > 1 and keys == [f"{WEEK}-{i}" for i in range(1, len(keys) + 1)]
     before = sum(len(v) for v in sent.values())
-    monkeypatch.setattr(digest_jobs, "render_markdown", real)  # a rerun that would not split
+    monkeypatch.setattr(digest_jobs, "weekly_markdown", real)  # a rerun that would not split
     again = run(db_url, redis_url, at=time(8, 20))
     assert "queued 0 digests" in again.result
     assert sum(len(v) for v in digests(session).values()) == before
@@ -231,8 +236,8 @@ def test_a_cold_overview_in_a_callback_is_answered_at_once_and_pushed_when_built
     assert "推送" in say(web, "zhengyuan", "本周概况")
     assert len(session.scalars(select(OverviewRequest)).all()) == 2
 
-    assert answer_overview_requests(web.sessions, web.catalogue, wednesday) == 2
-    assert answer_overview_requests(web.sessions, web.catalogue, wednesday) == 0  # nothing twice
+    assert answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules()) == 2
+    assert answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules()) == 0  # nothing twice
     session.expire_all()
     pushed = {m.recipient: m.body for m in session.scalars(
         select(OutboxMessage).where(OutboxMessage.purpose == OVERVIEW_PURPOSE))}

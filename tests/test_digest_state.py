@@ -1,5 +1,5 @@
-"""The weekly digest's state (models/digest/values.py): week after week the incremental numbers are
-those computed from scratch and those of the cards.
+"""The weekly digest's state (models/digest/state.py, fold.py, standing.py): week after week the
+incremental numbers are those computed from scratch and those of the cards.
 
 The demo college is loaded up to Sunday 12 October 2025; then five weeks are recorded through the
 real recording code under a simulated clock, with what makes an incremental digest go wrong: late
@@ -22,25 +22,26 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import delete, func, select
 
-import models.digest.values as dv
+import models.digest.standing as digest_standing
 import models.scores as scores
 import scheduler.jobs  # noqa: F401  (registers every job)
+from core.config import load_settings
+from models.card import EMPTY, Formula, value_kind
 from models.cards import student_card
 from models.catalogue import DOMAINS
-from models.digest import (
-    PURPOSE,
-    _zone,
-    build_college,
-    compared_with,
-    digest_context,
-    digest_week,
-    recipients,
-    render_markdown,
-)
+from models.digest.college import build_college
+from models.digest.fold import Fold
+from models.digest.recipients import PURPOSE, recipients
+from models.digest.standing import split_instant, standing
+from models.digest.state import State, fingerprint, load_state, save_state
+from models.digest.summary import digest_context
+from models.digest.week import compared_with, digest_week
 from models.io.demo import load_demo
 from models.periods import place
+from models.risk.rules import rule_book
 from models.schema import DigestState, OutboxMessage, SchoolClass, ScoreEntry, Staff, Student
 from models.scores import PlannedEntry, load_calendar, record_entries, revoke
+from scheduler.notify.digest import weekly_markdown
 from scheduler.runner import run_job
 from tests.chat import make_service, say
 
@@ -51,6 +52,11 @@ WEEKS = 5
 # The second semester (default calendar: from 1 February): its first digest is against the end of
 # the first semester, from the entries (学期末 values, and the 学年初 ones that count in both).
 SPRING = (date(2026, 2, 1), date(2026, 2, 2), 3)
+
+
+def book(catalogue):
+    """The shipped early-warning rules (what the digest counts warnings by)."""
+    return rule_book(load_settings(environ={}), catalogue)
 
 
 class Clock:
@@ -175,11 +181,11 @@ class College:
 
 def demo_college(session, catalogue, monkeypatch, loaded: date = LOADED, first: date = FIRST) -> College:
     """The demo college loaded up to `loaded`, recorded in from `first` on under a simulated clock."""
-    load_demo(session, catalogue, loaded)
+    load_demo(session, catalogue, loaded, tz=TZ)
     session.commit()
     clock = Clock(first)
     monkeypatch.setattr(scores, "utcnow", clock)
-    monkeypatch.setattr(dv, "utcnow", clock)
+    monkeypatch.setattr(digest_standing, "utcnow", clock)
     return College(session, catalogue, clock)
 
 
@@ -206,7 +212,7 @@ def from_scratch(session, fn):
 
 def contexts(session, catalogue, cal, monday: date, persist: bool = False) -> tuple[dict, list]:
     """Every number of the digest: per class, and every recipient's context."""
-    data = build_college(session, catalogue, cal, monday, persist=persist)
+    data = build_college(session, catalogue, cal, monday, TZ, book(catalogue), persist=persist)
     per_class = {c.code: (c.averages.now, c.averages.before, c.averages.total_now, c.averages.total_before,
                           c.averages.added, c.expected, c.recorded) for c in data.classes.values()}
     return per_class, [digest_context(data, d) for d in (None, *sorted(data.departments))]
@@ -218,7 +224,7 @@ def state_rows(session) -> list[tuple[int, date, bytes]]:
                            .order_by(DigestState.cutoff)).all()
 
 
-def columns_of(state: dv.State) -> dict[str, dict[int, tuple]]:
+def columns_of(state: State) -> dict[str, dict[int, tuple]]:
     return {code: dict(zip(col.sid, zip(col.n, col.total, col.value, col.last, col.key, strict=True), strict=True))
             for code, col in state.columns.items() if len(col)}
 
@@ -267,18 +273,18 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
                               .where(OutboxMessage.purpose == PURPOSE)) == sent
 
         # The state the job wrote is the one built from scratch.
-        kinds = {p.code: dv.kind_of(p) for p in catalogue.individual()}
-        split = dv._split_instant(week.sunday, _zone())
-        written = dv.load_state(session, catalogue, week.term, week.sunday)
-        cold = dv._Fold(session, catalogue, kinds, week.term, dv.State(week.term.key, week.term.start),
+        kinds = {p.code: value_kind(p) for p in catalogue.individual()}
+        split = split_instant(week.sunday, TZ)
+        written = load_state(session, catalogue, week.term, week.sunday)
+        cold = Fold(session, catalogue, kinds, week.term, State(week.term.key, week.term.start),
                         week.sunday, None, split, None)
         cold.run()
         cold.apply()
         assert written.cutoff == week.sunday
         assert (written.max_entry_id, written.pending) == (cold.max_entry_id, cold.pending)
         assert columns_of(written) == columns_of(cold.base)
-        assert written.scores == dv.CardMath(catalogue).scores({c: (col.sid, col.value)
-                                                                for c, col in cold.base.columns.items()})
+        assert written.scores == Formula(catalogue, catalogue.individual()).scores(
+            {c: (col.sid, col.value) for c, col in cold.base.columns.items()})
         if w:
             assert written.pending, "the entry created after midnight with the smaller id is pending"
 
@@ -292,18 +298,19 @@ def test_week_after_week_the_state_gives_the_numbers_from_scratch_and_the_cards(
         bodies = {r.recipient: r.body for r in session.scalars(
             select(OutboxMessage).where(OutboxMessage.purpose == PURPOSE, OutboxMessage.period_key == week.key))}
         people = {p.userid: p.department_id for p in recipients(session) if p.userid}
-        expected = from_scratch(session, lambda day=monday: build_college(session, catalogue, cal, day))
-        assert bodies == {u: render_markdown(digest_context(expected, d))[0] for u, d in people.items()}
-        standing = dv.standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal),
-                               _zone(), persist=False)
-        merged_weeks += standing.from_state is not None
-        assert standing.from_state == (week.previous_sunday if w else None)
-        assert standing.before_from_state == (kept[0] if kept and w == 0 else None)
+        expected = from_scratch(session, lambda day=monday: build_college(session, catalogue, cal, day, TZ,
+                                                                                book(catalogue)))
+        assert bodies == {u: weekly_markdown(digest_context(expected, d))[0] for u, d in people.items()}
+        standing_ = standing(session, catalogue, week.term, week.sunday, week.monday, compared_with(week, cal),
+                             TZ, persist=False)
+        merged_weeks += standing_.from_state is not None
+        assert standing_.from_state == (week.previous_sunday if w else None)
+        assert standing_.before_from_state == (kept[0] if kept and w == 0 else None)
 
         # Every student's scores are the card's, now and a week before.
         for sid in session.scalars(select(Student.id)):
             card, _latest = student_card(session, catalogue, cal, sid, week.sunday)
-            now, before = standing.now.get(sid, dv.EMPTY), standing.before.get(sid, dv.EMPTY)
+            now, before = standing_.now.get(sid, EMPTY), standing_.before.get(sid, EMPTY)
             assert now.subtotals == tuple(card.subtotal(d) for d in DOMAINS), sid
             assert (now.total, before.total) == (card.total, card.previous_total), sid
             assert before.subtotals == tuple(card.previous_subtotals[d] for d in DOMAINS), sid
@@ -333,12 +340,12 @@ def test_a_concurrent_run_keeps_the_first_state_and_goes_on(college, session, ca
 
     college.clock.set(FIRST, 7, 50)
     week = digest_week(FIRST, college.cal)
-    kinds = {p.code: dv.kind_of(p) for p in catalogue.individual()}
-    fold = dv._Fold(session, catalogue, kinds, week.term, dv.State(week.term.key, week.term.start),
-                    week.sunday, None, dv._split_instant(week.sunday, _zone()), None)
+    kinds = {p.code: value_kind(p) for p in catalogue.individual()}
+    fold = Fold(session, catalogue, kinds, week.term, State(week.term.key, week.term.start),
+                    week.sunday, None, split_instant(week.sunday, TZ), None)
     fold.run()
     fold.apply()
-    state = dv.State(week.term.key, week.sunday, fold.max_entry_id, fold.pending, college.clock(), fold.base.columns)
+    state = State(week.term.key, week.sunday, fold.max_entry_id, fold.pending, college.clock(), fold.base.columns)
     session.rollback()
 
     maker = make_sessionmaker(clean_db)
@@ -346,12 +353,12 @@ def test_a_concurrent_run_keeps_the_first_state_and_goes_on(college, session, ca
 
     def second_run() -> None:
         with maker() as second:
-            outcome["saved"] = dv.save_state(second, catalogue, state)
+            outcome["saved"] = save_state(second, catalogue, state)
             outcome["after"] = second.scalar(select(func.count()).select_from(DigestState))
             second.commit()
 
     with maker() as first:
-        assert dv.save_state(first, catalogue, state)  # written, not committed yet
+        assert save_state(first, catalogue, state)  # written, not committed yet
         other = threading.Thread(target=second_run)
         other.start()
         other.join(1.0)
@@ -360,7 +367,7 @@ def test_a_concurrent_run_keeps_the_first_state_and_goes_on(college, session, ca
         other.join(60)
     assert outcome == {"saved": False, "after": 1}
     assert [r.cutoff for r in state_rows(session)] == [week.sunday]
-    written = dv.load_state(session, catalogue, week.term, week.sunday)
+    written = load_state(session, catalogue, week.term, week.sunday)
     assert columns_of(written) == columns_of(state)
 
 
@@ -373,8 +380,8 @@ def test_a_state_of_another_catalogue_is_not_used(college, session, catalogue, d
     college.clock.set(FIRST, 7, 50)
     run_digest(db_url, redis_url, FIRST)
     week = digest_week(FIRST, college.cal)
-    assert dv.load_state(session, catalogue, week.term, week.sunday) is not None
+    assert load_state(session, catalogue, week.term, week.sunday) is not None
     points = [dataclasses.replace(p, weight=2.0) if p.code == "A03" else p for p in catalogue.points]
     edited = Catalogue(points, catalogue.formula)
-    assert dv.fingerprint(edited) != dv.fingerprint(catalogue)
-    assert dv.load_state(session, edited, week.term, week.sunday) is None
+    assert fingerprint(edited) != fingerprint(catalogue)
+    assert load_state(session, edited, week.term, week.sunday) is None
