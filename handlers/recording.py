@@ -6,7 +6,6 @@ is recorded, and the reply names every bad line.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,12 +16,13 @@ from core.messages import IncomingMessage, Reply
 from core.render import render
 from handlers.registry import Context, registry
 from models.authz import may_record, recordable_classes
-from models.catalogue import ScorePoint
+from models.catalogue import LineError, ScorePoint, is_value_token, parse_value
 from models.directory import ClassInfo, Directory, StudentInfo
 from models.evaluation import needs_evaluation
 from models.numbers import ROW_ID_MAX, is_digits, row_id, shown
 from models.periods import PREVIOUS_WORDS, PeriodError, period_label, place
-from models.schema import RecordingBatch, SchoolClass, ScoreEntry, Student
+from models.risk.rules import rule_book
+from models.schema import SchoolClass, ScoreEntry, Student
 from models.scores import (
     FIRST_ID,
     LAST_ID,
@@ -34,16 +34,8 @@ from models.scores import (
     revoke,
 )
 
-NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?%?$")
 TRAILING_NUMBER = re.compile(r"^(.*?[^\d.])([+-]?\d+(?:\.\d+)?%?)$")
-SUBMITTED = {"已提交", "提交", "已交", "交", "是", "有", "1"}
-NOT_SUBMITTED = {"未提交", "未交", "否", "无", "0"}
 WHOLE_CLASS = "全班"
-MAX_COUNT = 20  # a count added by one message: more is surely a typo
-
-
-class LineError(ValueError):
-    """A line that cannot be recorded; the message says why, in Chinese."""
 
 
 @dataclass
@@ -78,50 +70,16 @@ class Roster:
         return self.directory.class_keys.get(token)
 
 
-def parse_value(point: ScorePoint, token: str | None) -> float:
-    """A typed value checked against the point's kind and range."""
-    if token is None:
-        if point.kind == "count":
-            return 1.0
-        if point.kind == "document":
-            return 1.0
-        raise LineError(f"缺少{point.short}的值")
-    if point.kind == "level":
-        index = point.level_index(token)
-        if index is None:
-            raise LineError(f"{point.short}只能是：{'、'.join(label for label, _ in point.levels)}")
-        return float(index)
-    if point.kind == "document":
-        if token in SUBMITTED:
-            return 1.0
-        if token in NOT_SUBMITTED:
-            return 0.0
-        raise LineError(f"{point.short}请填“已提交”或“未提交”")
-    if not NUMBER.match(token):
-        raise LineError(f"“{shown(token)}”不是数值")
-    percent = token.endswith("%")
-    value = float(token.rstrip("%"))
-    if not math.isfinite(value):  # digits enough to overflow a float: no count or score is that large
-        raise LineError(f"“{shown(token)}”太大，不是有效的数值")
-    if point.kind == "count":
-        if percent or value != int(value) or not 1 <= value <= MAX_COUNT:
-            raise LineError(f"{point.short}是次数，请填 1–{MAX_COUNT} 的整数（不填即 1 次）")
-        return value
-    if percent and point.kind != "rate":
-        raise LineError(f"{point.short}是分数，不用百分号")
-    lo, hi = point.range
-    if not lo <= value <= hi:
-        unit = "%" if point.kind == "rate" else ""
-        raise LineError(f"{point.short}应在 {lo:g}{unit}–{hi:g}{unit} 之间，收到 {shown(token)}")
-    return value
+@dataclass(frozen=True)
+class Summary:
+    """What a recorded line says in 已记录 (templates/chat/recorded.txt): the point, the class (and
+    its size, for 全班), the values as people read them ("张三 95%"), the exceptions of a 全班 line."""
 
-
-def is_value_token(point: ScorePoint, token: str) -> bool:
-    if point.kind == "level":
-        return point.level_index(token) is not None
-    if point.kind == "document":
-        return token in SUBMITTED or token in NOT_SUBMITTED
-    return bool(NUMBER.match(token))
+    point: str
+    values: list[str]
+    klass: str | None = None
+    size: int | None = None
+    exceptions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -132,7 +90,7 @@ class LinePlan:
     text: str
     point: ScorePoint | None = None
     entries: list[PlannedEntry] = field(default_factory=list)
-    summary: str = ""
+    summary: Summary | None = None
     error: str | None = None
 
 
@@ -150,7 +108,8 @@ class LineParser:
         self.roster.load_students(self.ctx, scope)
         self._loaded_scopes.append(scope)
 
-    def parse(self, name: str, points: dict[str, ScorePoint], rest: str) -> tuple[ScorePoint, list[PlannedEntry], str]:
+    def parse(self, name: str, points: dict[str, ScorePoint],
+              rest: str) -> tuple[ScorePoint, list[PlannedEntry], Summary]:
         tokens = rest.split()
         previous = None
         for word, unit in PREVIOUS_WORDS.items():
@@ -158,7 +117,7 @@ class LineParser:
                 tokens.remove(word)
                 previous = unit
         if not tokens:
-            raise LineError("缺少学生或班级")
+            raise LineError("line/no_subject")
         klass = self.roster.class_of(tokens[0])
         if klass is not None:
             if len(tokens) > 1 and tokens[1] == WHOLE_CLASS:
@@ -171,35 +130,33 @@ class LineParser:
     def _individual(self, name: str, points: dict[str, ScorePoint]) -> ScorePoint:
         point = points.get("个人")
         if point is None:
-            raise LineError(f"“{name}”是班级采分点，请写班级编号或班级名称")
+            raise LineError("line/class_point", name=name)
         return point
 
     def _placement(self, point: ScorePoint, klass: ClassInfo, previous: str | None):  # noqa: ANN202
         try:
             return place(point.period, self.ctx.today, self.ctx.calendar, previous, klass.grade)
         except PeriodError as exc:
-            raise LineError(str(exc)) from exc
+            raise LineError(exc.problem.code, **exc.problem.fields) from exc
 
     def _class_point(self, name: str, points: dict[str, ScorePoint], klass: ClassInfo,
-                     tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
+                     tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], Summary]:
         point = points.get("班级")
         if point is None:
-            raise LineError(f"{name}是学生个人采分点；给全班记录请写：{name} {klass.code} 全班 <值>")
+            raise LineError("line/individual_point", name=name, klass=klass.code)
         if point.derived is not None:
             source = self.ctx.catalogue.by_code[point.derived.of]
-            raise LineError(
-                f"班级的{point.short}由学生的{source.short}自动计算，不需要录入"
-                + (f"；给全班记录请写：{source.short} {klass.code} 全班 <值>"
-                   if source.short == point.short or name in source.aliases else ""))
+            raise LineError("line/derived", point=point.short, source=source.short, klass=klass.code,
+                            hint=source.short == point.short or name in source.aliases)
         if not may_record(self.ctx.actor, point, klass.id):
-            raise LineError(f"你不能为{klass.name}录入{point.short}（采分主体：{'、'.join(point.recorders)}）")
+            raise LineError("line/not_recorder", point=point.short, klass=klass.name, recorders=point.recorders)
         if len(tokens) > 1:
-            raise LineError("班级采分点只需要一个值")
+            raise LineError("line/one_value")
         value = parse_value(point, tokens[0] if tokens else None)
         at = self._placement(point, klass, previous)
         entry = PlannedEntry(point, None, klass.id, klass.name, value, at.occurred_on, at.period_key,
                              at.semester_key)
-        return point, [entry], f"{point.short} {klass.name} {point.display_value(value)}"
+        return point, [entry], Summary(point.short, [point.display_value(value)], klass.name)
 
     def _resolve_student(self, token: str, scope: set[int] | None, point: ScorePoint) -> StudentInfo:
         self._ensure_students(scope)
@@ -211,34 +168,34 @@ class LineParser:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            options = "、".join(f"{s.student_no}（{s.school_class.name}）" for s in matches)
-            raise LineError(f"有 {len(matches)} 名学生叫“{token}”，请改用学号：{options}")
+            raise LineError("line/ambiguous", token=token,
+                            options=[(s.student_no, s.school_class.name) for s in matches])
         exists = self.ctx.session.scalar(
             select(Student).where((Student.name == token) | (Student.student_no == token)).limit(1))
         if exists is not None:
-            raise LineError(f"{token}不在你可录入{point.short}的班级")
-        raise LineError(f"找不到学生“{token}”")
+            raise LineError("line/out_of_scope", token=token, point=point.short)
+        raise LineError("line/student_not_found", token=token)
 
     def _students(self, name: str, points: dict[str, ScorePoint], tokens: list[str],
-                  previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
+                  previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], Summary]:
         point = self._individual(name, points)
         scope = recordable_classes(self.ctx.actor, point)
         if scope is not None and not scope:
-            raise LineError(f"你不能录入{point.short}（采分主体：{'、'.join(point.recorders)}）")
+            raise LineError("line/not_recorder", point=point.short, klass=None, recorders=point.recorders)
         pairs = self._pairs(point, tokens, scope)
         entries, shown, seen = [], [], set()
         for student, raw in pairs:
             if student.id in seen and not point.accumulates:
-                raise LineError(f"{student.name}在这一行出现了两次")
+                raise LineError("line/twice", student=student.name)
             seen.add(student.id)
             if not may_record(self.ctx.actor, point, student.class_id):
-                raise LineError(f"你不能为{student.name}录入{point.short}")
+                raise LineError("line/not_recorder_of", student=student.name, point=point.short)
             value = parse_value(point, raw)
             at = self._placement(point, student.school_class, previous)
             entries.append(PlannedEntry(point, student.id, None, student.name, value, at.occurred_on,
                                         at.period_key, at.semester_key))
             shown.append(f"{student.name} {point.display_value(value)}")
-        return point, entries, f"{point.short} {'、'.join(shown)}"
+        return point, entries, Summary(point.short, shown)
 
     def _pairs(self, point: ScorePoint, tokens: list[str],
                scope: set[int] | None) -> list[tuple[StudentInfo, str | None]]:
@@ -253,7 +210,7 @@ class LineParser:
                     pairs[-1] = (pairs[-1][0], token)
                     i += 1
                     continue
-                raise LineError(f"值“{token}”前缺少学生")
+                raise LineError("line/value_first", token=token)
             glued = TRAILING_NUMBER.match(token)
             try:
                 student = self._resolve_student(token, scope, point)
@@ -281,10 +238,10 @@ class LineParser:
         return token not in names and not (glued and glued.group(1) in names)
 
     def _whole_class(self, name: str, points: dict[str, ScorePoint], klass: ClassInfo,
-                     tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], str]:
+                     tokens: list[str], previous: str | None) -> tuple[ScorePoint, list[PlannedEntry], Summary]:
         point = self._individual(name, points)
         if not may_record(self.ctx.actor, point, klass.id):
-            raise LineError(f"你不能为{klass.name}录入{point.short}（采分主体：{'、'.join(point.recorders)}）")
+            raise LineError("line/not_recorder", point=point.short, klass=klass.name, recorders=point.recorders)
         default = None
         if tokens and is_value_token(point, tokens[0]):
             default, tokens = tokens[0], tokens[1:]
@@ -293,23 +250,21 @@ class LineParser:
         except_ids = {s.id: raw for s, raw in exceptions}
         for s, raw in exceptions:
             if s.class_id != klass.id:
-                raise LineError(f"{s.name}不在{klass.name}")
+                raise LineError("line/not_in_class", student=s.name, klass=klass.name)
             if raw is None:
-                raise LineError(f"{s.name}缺少值")
+                raise LineError("line/no_value", student=s.name)
         at = self._placement(point, klass, previous)
         students = self.ctx.directory.students_by_class.get(klass.id, [])
         if not students:
-            raise LineError(f"{klass.name}没有学生")
+            raise LineError("line/no_students", klass=klass.name)
         entries = []
         for s in students:
             value = parse_value(point, except_ids[s.id]) if s.id in except_ids else base
             entries.append(PlannedEntry(point, s.id, None, s.name, value, at.occurred_on, at.period_key,
                                         at.semester_key))
-        shown = f"{point.short} {klass.name} 全班 {len(students)} 人 {point.display_value(base)}"
-        if exceptions:
-            shown += "，其中 " + "、".join(
-                f"{s.name} {point.display_value(parse_value(point, raw))}" for s, raw in exceptions)
-        return point, entries, shown
+        return point, entries, Summary(
+            point.short, [point.display_value(base)], klass.name, len(students),
+            [f"{s.name} {point.display_value(parse_value(point, raw))}" for s, raw in exceptions])
 
 
 def split_previous_word(line: str) -> tuple[str, str]:
@@ -338,13 +293,13 @@ def plan_message(ctx: Context, text: str) -> list[LinePlan]:
             name, points = last  # a continuation line: same point as the line above
             rest = line
         else:
-            plan.error = "不认识的采分点或命令"
+            plan.error = render("errors/line/unknown.txt")
             plans.append(plan)
             continue
         try:
             plan.point, plan.entries, plan.summary = parser.parse(name, points, rest)
         except LineError as exc:
-            plan.error = str(exc)
+            plan.error = render("errors/problem.txt", p=exc.problem)
         plans.append(plan)
     return plans
 
@@ -365,7 +320,8 @@ def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
                    periods=[period_label(period, key) for period, key in periods])
     work = ctx.work
     processed = Processed(ctx.processed_key, msg.sender, reply) if ctx.processed_key else None
-    evaluate = needs_evaluation(ctx.catalogue, planned)  # early warnings: checked after the commit
+    evaluate = needs_evaluation(rule_book(ctx.settings, ctx.catalogue), ctx.catalogue,
+                                planned)  # early warnings: checked after the commit
     # PostgreSQL: one autocommitted statement; elsewhere the pipeline commits the session.
     write = work.recordings.record if work.recordings else partial(record_entries, ctx.session)
     recorded = write(ctx.actor.audit_name, ctx.actor.staff_id, planned, text=msg.text, source=msg.channel,
@@ -378,7 +334,7 @@ def record_message(msg: IncomingMessage, text: str, ctx: Context) -> Reply:
 registry.fallback = record_message
 
 
-@registry.command("撤销", "撤回", audience="staff", summary="撤销 / 撤销 #N：撤回最近一次录入（或第 N 条）")
+@registry.command("撤销", "撤回", audience="staff", summary="chat/help/undo.txt")
 def undo(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Take back the sender's last recording, or one entry #N."""
     session, actor = ctx.session, ctx.actor
@@ -402,15 +358,10 @@ def undo(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
             return Reply(render("chat/undo_nothing.txt"))
         entries = list(session.scalars(select(ScoreEntry).where(
             ScoreEntry.batch_id == batch.id, ScoreEntry.revoked_at.is_(None))))
-    revoke(session, actor.audit_name, actor.staff_id, entries, msg.msg_key)
-    session.flush()
-    for batch_id in {e.batch_id for e in entries}:
-        live = session.scalar(select(ScoreEntry.id).where(
-            ScoreEntry.batch_id == batch_id, ScoreEntry.revoked_at.is_(None)).limit(1))
-        if live is None:
-            session.get(RecordingBatch, batch_id).revoked_at = entries[0].revoked_at
-    lines = _describe(ctx, entries)
-    return Reply(render("chat/undone.txt", lines=lines, count=len(entries)))
+    entries = revoke(session, actor.audit_name, actor.staff_id, entries, msg.msg_key)
+    if not entries:  # another 撤销 of the same entries committed first
+        return Reply(render("chat/undo_already.txt", number=number) if number else render("chat/undo_nothing.txt"))
+    return Reply(render("chat/undone.txt", lines=_describe(ctx, entries), count=len(entries)))
 
 
 def _describe(ctx: Context, entries: list[ScoreEntry]) -> list[str]:
@@ -422,12 +373,12 @@ def _describe(ctx: Context, entries: list[ScoreEntry]) -> list[str]:
     for code, group in by_point.items():
         point = ctx.catalogue.by_code[code]
         if len(group) > 6:
-            out.append(f"{point.short} {len(group)} 条")
+            out.append(render("chat/undo_line.txt", point=point.short, count=len(group), values=[]))
             continue
         names = []
         for e in group:
             who = ctx.session.get(Student, e.student_id).name if e.student_id else \
                 ctx.session.get(SchoolClass, e.class_id).name
             names.append(f"{who} {point.display_value(e.value)}")
-        out.append(f"{point.short} {'、'.join(names)}")
+        out.append(render("chat/undo_line.txt", point=point.short, count=None, values=names))
     return out

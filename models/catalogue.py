@@ -1,7 +1,9 @@
-"""The 采分点 catalogue: loaded from an editable TOML file, looked up by name or alias."""
+"""The 采分点 catalogue: loaded from an editable TOML file, looked up by name or alias; a typed value
+checked against its point (`parse_value`, the one rule chat and `scores import` share)."""
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 import tomllib
@@ -9,6 +11,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from models.numbers import shown
+from models.problems import Problem, ProblemError
 
 DOMAINS = ("学业发展", "个人发展", "职业发展")
 SCOPES = ("个人", "班级")
@@ -21,8 +26,37 @@ _COMPARATORS = {
 }
 
 
-class CatalogueError(ValueError):
-    """The catalogue file is not valid; the message says which point and field."""
+class CatalogueError(ProblemError):
+    """The catalogue file is not valid: one `Problem` (templates/errors/catalogue/<code>.txt) naming
+    the point and field; the edge that loads the catalogue words it."""
+
+    def __init__(self, code: str, /, **fields: object) -> None:
+        """The problem (a template's name under errors/catalogue/) and the fields it names."""
+        super().__init__(Problem(f"catalogue/{code}", fields))
+
+    @property
+    def problem(self) -> Problem:
+        """The one problem."""
+        return self.problems[0]
+
+    def __str__(self) -> str:
+        """The code and fields, for a log line or a traceback (developers read those)."""
+        return f"{self.problem.code} {dict(self.problem.fields)}"
+
+
+class LineError(ProblemError):
+    """A value (or a line of a recording) that cannot be recorded, as a value: one `Problem` whose
+    code names its template (templates/errors/<code>.txt). Chat renders it into its reply,
+    `scores import` into its error list, each through templates/errors/problem.txt."""
+
+    def __init__(self, code: str, /, **fields: object) -> None:
+        """The problem `code` and the fields its template names."""
+        super().__init__(Problem(code, fields))
+
+    @property
+    def problem(self) -> Problem:
+        """The one problem."""
+        return self.problems[0]
 
 
 @dataclass(frozen=True)
@@ -143,7 +177,7 @@ class Catalogue:
                 key = normalise(name)
                 slot = self._names.setdefault(key, {})
                 if p.scope in slot and slot[p.scope] is not p:
-                    raise CatalogueError(f"名称“{name}”同时指向 {slot[p.scope].code} 和 {p.code}")
+                    raise CatalogueError("name_twice", name=name, first=slot[p.scope].code, second=p.code)
                 slot[p.scope] = p
         self._name_lengths = sorted({len(n) for n in self._names}, reverse=True)
 
@@ -175,28 +209,28 @@ def _point_from(raw: dict) -> ScorePoint:
 
     def need(key: str, allowed: tuple[str, ...] | None = None):
         if key not in raw:
-            raise CatalogueError(f"{code}: 缺少 {key}")
+            raise CatalogueError("missing", code=code, key=key)
         if allowed and raw[key] not in allowed:
-            raise CatalogueError(f"{code}: {key}={raw[key]!r} 不在 {allowed}")
+            raise CatalogueError("not_allowed", code=code, key=key, value=repr(raw[key]), allowed=str(allowed))
         return raw[key]
 
     recorders = tuple(raw.get("recorders", ()))
     for role in recorders:
         if role not in ROLES:
-            raise CatalogueError(f"{code}: 未知的采分主体 {role}")
+            raise CatalogueError("unknown_role", code=code, role=role)
     kind = need("kind", KINDS)
     levels = tuple((str(label), float(score)) for label, score in raw.get("levels", ()))
     if kind == "level" and not levels:
-        raise CatalogueError(f"{code}: level 类采分点需要 levels")
+        raise CatalogueError("no_levels", code=code)
     direction = raw.get("direction", "up")
     if direction not in ("up", "down"):
-        raise CatalogueError(f"{code}: direction={direction!r} 只能是 up 或 down")
+        raise CatalogueError("bad_direction", code=code, value=repr(direction))
     try:
         lo, hi = (float(x) for x in raw.get("range", (0, 100)))
     except (TypeError, ValueError):
-        raise CatalogueError(f"{code}: range 必须是 [最小值, 最大值]") from None
+        raise CatalogueError("bad_range", code=code) from None
     if kind in ("rate", "score") and not lo < hi:
-        raise CatalogueError(f"{code}: range 的最小值必须小于最大值")
+        raise CatalogueError("empty_range", code=code)
     derived = _derivation_from(code, raw.get("derived"))
     return ScorePoint(
         code=need("code"),
@@ -226,9 +260,9 @@ def _derivation_from(code: str, raw: dict | None) -> Derivation | None:
     try:
         rule = Derivation(**raw)
     except TypeError:
-        raise CatalogueError(f"{code}: derived 只能有 op、of、where") from None
+        raise CatalogueError("derived_keys", code=code) from None
     if rule.op not in ("mean", "sum", "share"):
-        raise CatalogueError(f"{code}: derived.op={rule.op!r} 只能是 mean、sum 或 share")
+        raise CatalogueError("derived_op", code=code, value=repr(rule.op))
     if rule.where is not None:
         op, _, limit = rule.where.partition(" ")
         try:
@@ -236,7 +270,7 @@ def _derivation_from(code: str, raw: dict | None) -> Derivation | None:
         except ValueError:
             op = ""
         if op not in _COMPARATORS:
-            raise CatalogueError(f"{code}: derived.where={rule.where!r} 应形如 \">= 1\"")
+            raise CatalogueError("derived_where", code=code, value=repr(rule.where))
     return rule
 
 
@@ -245,11 +279,11 @@ def parse_catalogue(data: dict) -> Catalogue:
     points = [_point_from(raw) for raw in data.get("point", [])]
     codes = [p.code for p in points]
     if len(set(codes)) != len(codes):
-        raise CatalogueError("采分点编码重复")
+        raise CatalogueError("duplicate_code")
     by_code = {p.code: p for p in points}
     for p in points:
         if p.derived and (p.derived.of not in by_code or by_code[p.derived.of].is_class):
-            raise CatalogueError(f"{p.code}: derived.of 必须是个人采分点")
+            raise CatalogueError("derived_of", code=p.code)
     card = data.get("card", {})
     formula = CardFormula(
         domain_weights={d: float(w) for d, w in card.get("domain_weights", {}).items()}
@@ -257,7 +291,7 @@ def parse_catalogue(data: dict) -> Catalogue:
         compare=card.get("compare", "week"),
     )
     if formula.compare not in ("week", "month"):
-        raise CatalogueError("card.compare 只能是 week 或 month")
+        raise CatalogueError("bad_compare")
     return Catalogue(points, formula)
 
 
@@ -266,3 +300,56 @@ def load_catalogue(path: str | Path) -> Catalogue:
     """Read and validate the catalogue file (cached per path)."""
     with open(path, "rb") as fh:
         return parse_catalogue(tomllib.load(fh))
+
+
+# ── values as people type them ──────────────────────────────────────────────
+
+NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?%?$")
+SUBMITTED = {"已提交", "提交", "已交", "交", "是", "有", "1"}
+NOT_SUBMITTED = {"未提交", "未交", "否", "无", "0"}
+MAX_COUNT = 20  # a count added by one record: more is surely a typo
+
+
+def parse_value(point: ScorePoint, token: str | None) -> float:
+    """A typed value checked against the point's kind and range (a `LineError` says why not)."""
+    if token is None:
+        if point.kind in ("count", "document"):
+            return 1.0
+        raise LineError("value/missing", point=point.short)
+    if point.kind == "level":
+        index = point.level_index(token)
+        if index is None:
+            raise LineError("value/not_a_level", point=point.short, levels=[label for label, _ in point.levels])
+        return float(index)
+    if point.kind == "document":
+        if token in SUBMITTED:
+            return 1.0
+        if token in NOT_SUBMITTED:
+            return 0.0
+        raise LineError("value/not_a_document", point=point.short)
+    if not NUMBER.match(token):
+        raise LineError("value/not_a_number", token=shown(token))
+    percent = token.endswith("%")
+    value = float(token.rstrip("%"))
+    if not math.isfinite(value):  # digits enough to overflow a float: no count or score is that large
+        raise LineError("value/too_large", token=shown(token))
+    if point.kind == "count":
+        if percent or value != int(value) or not 1 <= value <= MAX_COUNT:
+            raise LineError("value/not_a_count", point=point.short, max=MAX_COUNT)
+        return value
+    if percent and point.kind != "rate":
+        raise LineError("value/no_percent", point=point.short)
+    lo, hi = point.range
+    if not lo <= value <= hi:
+        raise LineError("value/out_of_range", point=point.short, lo=lo, hi=hi, percent=point.kind == "rate",
+                        token=shown(token))
+    return value
+
+
+def is_value_token(point: ScorePoint, token: str) -> bool:
+    """Whether `token` reads as a value of the point (well formed, whether or not in range)."""
+    if point.kind == "level":
+        return point.level_index(token) is not None
+    if point.kind == "document":
+        return token in SUBMITTED or token in NOT_SUBMITTED
+    return bool(NUMBER.match(token))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from models.problems import Problem, ProblemError
+
 # How long after a period ends it may still be filled (`上周 …`, `上月 …`).
 GRACE_DAYS = {"week": 3, "month": 5, "semester": 14, "year": 30}
 # Years of study in a 高职 programme; 毕业前 points belong to the last one.
@@ -175,8 +177,17 @@ class Placement:
     semester_key: str
 
 
-class PeriodError(ValueError):
-    """The record falls outside its point's rules; the message is for the user."""
+class PeriodError(ProblemError):
+    """The record falls outside its point's rules: one `Problem` (templates/errors/period_*.txt)."""
+
+    def __init__(self, code: str, /, **fields: object) -> None:
+        """The problem `code` and the fields its template names."""
+        super().__init__(Problem(code, fields))
+
+    @property
+    def problem(self) -> Problem:
+        """The one problem."""
+        return self.problems[0]
 
 
 def place(period: str, today: date, cal: Calendar, previous: str | None = None,
@@ -186,21 +197,19 @@ def place(period: str, today: date, cal: Calendar, previous: str | None = None,
     day = today
     if previous is not None:
         if previous != unit:
-            raise PeriodError(
-                f"该采分点按{UNIT_WORDS[unit]}记录，不能用“上{UNIT_WORDS[previous]}”")
+            raise PeriodError("period_wrong_unit", unit=UNIT_WORDS[unit], previous=UNIT_WORDS[previous])
         start, _end = unit_bounds(unit, today, cal)
         day = start - timedelta(days=1)
         # The period just ended runs up to the day before the current one begins (a
         # vacation belongs to the semester before it), so the grace window counts from there.
         deadline = day + timedelta(days=GRACE_DAYS[unit])
         if today > deadline:
-            raise PeriodError(
-                f"上{UNIT_WORDS[unit]}的补录期已过（截至{deadline.month}月{deadline.day}日）")
+            raise PeriodError("period_grace_over", unit=UNIT_WORDS[unit], deadline=deadline)
     term = cal.term_for(day)
     if period == "第一学期中" and term.term != 1:
-        raise PeriodError("该采分点在第一学期录入")
+        raise PeriodError("period_first_semester")
     if period == "毕业前" and grade is not None:
         start_year = int(term.year[:4])
         if start_year < grade + PROGRAMME_YEARS - 1:
-            raise PeriodError("该采分点在毕业学年录入")
+            raise PeriodError("period_graduation_year")
     return Placement(day, period_key(period, day, cal), term.key)

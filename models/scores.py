@@ -1,8 +1,16 @@
-"""Score entries in the database: writing records with their audit, undo, and loading cards."""
+"""The one write path of score entries: recording (chat, `scores import`) and undo (`撤销`, an
+import replacing its earlier totals), each with its audit rows, under the same advisory locks.
+
+A recording is written by one statement (`_RECORD_MANY`) on PostgreSQL, through either of two
+entry points: `RecordingWriter.record` (chat: autocommitted, group-committed with the recordings
+of the process's other threads) and `record_entries` (inside a session's transaction: imports,
+and chat on SQLite, where Core inserts write the same rows). `revoke` undoes entries.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -144,20 +152,31 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
                    processed: Processed | None = None) -> Recorded:
     """Write one recording (a message or an import) with an audit row per entry, in the session's transaction.
 
-    Core inserts (a round trip per table, whatever the number of entries); the returned rows are
-    detached copies. `evaluate` queues the recording for the early-warning check; `processed`
-    adds the message's processed row. The caller commits: one message, one transaction.
+    The write path's entry point inside a transaction (imports; chat on SQLite): on PostgreSQL the
+    same statement `RecordingWriter` runs, after the same advisory locks; SQLite, which has no
+    data-modifying CTEs, gets the same rows from Core inserts. `evaluate` queues the recording for
+    the early-warning check; `processed` adds the message's processed row. The caller commits.
     """
-    now = utcnow()
+    recording = Recording(actor_name, recorder_id, planned, text, source, source_msg, evaluate, processed, utcnow())
     session.flush()
     # Another process recording the same subject, point and period waits here until this one
     # commits (and this one for it), so each sees the entry it replaces: one unbroken audit chain.
     lock_keys(session, _chain_keys(planned))
+    if session.get_bind().dialect.name == "postgresql":
+        params, _locks = _statement([recording])
+        rows = session.connection().exec_driver_sql(_RECORD_MANY, params).all()
+        return _written(rows, 1)[0]
+    return _record_sqlite(session, recording)
+
+
+def _record_sqlite(session: Session, r: Recording) -> Recorded:
+    """The rows `_RECORD_MANY` writes, as Core inserts (a round trip per table)."""
+    planned, now = r.planned, r.now
     batch_id = session.execute(insert(RecordingBatch).values(
-        recorder_id=recorder_id, source=source, source_msg=source_msg, text=text, created_at=now,
+        recorder_id=r.recorder_id, source=r.source, source_msg=r.source_msg, text=r.text, created_at=now,
     ).returning(RecordingBatch.id)).scalar_one()
     superseded = _superseded(session, planned)
-    values = _entry_values(planned, recorder_id, source, source_msg, now)
+    values = _entry_values(planned, r.recorder_id, r.source, r.source_msg, now)
     for v in values:
         v["batch_id"] = batch_id
     ids = session.scalars(insert(ScoreEntry).returning(ScoreEntry.id, sort_by_parameter_order=True),
@@ -166,17 +185,17 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
     for p, entry_id in zip(planned, ids, strict=True):
         previous = superseded.get(_subject_key(p))
         audits.append(dict(
-            at=now, actor=actor_name, action="record", entity="score_entry", entity_key=_subject_key(p),
+            at=now, actor=r.actor_name, action="record", entity="score_entry", entity_key=_subject_key(p),
             old_value=None if previous is None else _audit_json(*previous),
-            new_value=_audit_json(entry_id, p.value), source_msg=source_msg,
+            new_value=_audit_json(entry_id, p.value), source_msg=r.source_msg,
         ))
     session.execute(insert(AuditLog), audits)
-    if evaluate:
+    if r.evaluate:
         session.execute(insert(RiskEvaluationQueue).values(batch_id=batch_id, queued_at=now))
-    if processed is not None:
+    if r.processed is not None:
         session.execute(insert(ProcessedMessage).values(
-            msg_key=processed.msg_key, sender=processed.sender, reply=fill_ids(processed.reply, ids[0], ids[-1]),
-            at=now))
+            msg_key=r.processed.msg_key, sender=r.processed.sender,
+            reply=fill_ids(r.processed.reply, ids[0], ids[-1]), at=now))
     return Recorded(batch_id, list(ids))
 
 
@@ -184,7 +203,7 @@ def record_entries(session: Session, actor_name: str, recorder_id: int | None,
 # complete: its batch and entries (ids drawn first, so each audit row knows its entry), the
 # superseded entries looked up by index in the statement's snapshot (so never the new ones; the
 # subject tests on `ids` gate the two lookups, so an entry runs only its own), the audit rows in
-# the same JSON as `record_entries` writes, the evaluation queue row and the processed-message row
+# the same JSON as `_record_sqlite` writes, the evaluation queue row and the processed-message row
 # with the reply. `rec` numbers the recordings, `ord` the entries.
 _RECORD_MANY = """
 WITH r AS (
@@ -286,24 +305,33 @@ class RecordingWriter:
                                             evaluate, processed, utcnow()))
 
     def _write(self, recordings: list[Recording]) -> list[Recorded]:
-        recs, rows = [], []
-        for n, r in enumerate(recordings):
-            recs.append(dict(
-                rec=n, recorder=r.recorder_id, source=r.source, msg=r.source_msg, text=r.text, actor=r.actor_name,
-                evaluate=r.evaluate, now=r.now.isoformat(),
-                key=r.processed and r.processed.msg_key, sender=r.processed and r.processed.sender,
-                reply=r.processed and r.processed.reply))
-            rows += [dict(rec=n, code=p.point.code, student_id=p.student_id, class_id=p.class_id,
-                          period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(),
-                          value=p.value, value_json=json.dumps(p.value),
-                          replaces=_replaces(p),
-                          entity_key=_subject_key(p), ord=len(rows) + k) for k, p in enumerate(r.planned)]
-        params = dict(recs=json.dumps(recs, ensure_ascii=False), rows=json.dumps(rows, ensure_ascii=False),
-                      first_marker=FIRST_ID, last_marker=LAST_ID)
-        chains = [advisory_key(k) for r in recordings for k in _chain_keys(r.planned)]
-        rows_back = self.statements.fetchall(_RECORD_MANY, params, locks=chains)
-        written = {rec: Recorded(batch_id, ids) for rec, batch_id, ids in rows_back}
-        return [written[n] for n in range(len(recordings))]
+        params, locks = _statement(recordings)
+        return _written(self.statements.fetchall(_RECORD_MANY, params, locks=locks), len(recordings))
+
+
+def _statement(recordings: list[Recording]) -> tuple[dict, list[int]]:
+    """`_RECORD_MANY`'s parameters for `recordings`, and the advisory lock keys it must run under."""
+    recs, rows = [], []
+    for n, r in enumerate(recordings):
+        recs.append(dict(
+            rec=n, recorder=r.recorder_id, source=r.source, msg=r.source_msg, text=r.text, actor=r.actor_name,
+            evaluate=r.evaluate, now=r.now.isoformat(),
+            key=r.processed and r.processed.msg_key, sender=r.processed and r.processed.sender,
+            reply=r.processed and r.processed.reply))
+        rows += [dict(rec=n, code=p.point.code, student_id=p.student_id, class_id=p.class_id,
+                      period_key=p.period_key, semester_key=p.semester_key, occurred_on=p.occurred_on.isoformat(),
+                      value=p.value, value_json=json.dumps(p.value),
+                      replaces=_replaces(p),
+                      entity_key=_subject_key(p), ord=len(rows) + k) for k, p in enumerate(r.planned)]
+    params = dict(recs=json.dumps(recs, ensure_ascii=False), rows=json.dumps(rows, ensure_ascii=False),
+                  first_marker=FIRST_ID, last_marker=LAST_ID)
+    return params, [advisory_key(k) for r in recordings for k in _chain_keys(r.planned)]
+
+
+def _written(rows: Sequence[Sequence], count: int) -> list[Recorded]:
+    """`_RECORD_MANY`'s result rows (rec, batch id, entry ids) as a `Recorded` per recording, in order."""
+    written = {rec: Recorded(batch_id, list(ids)) for rec, batch_id, ids in rows}
+    return [written[n] for n in range(count)]
 
 
 def _recording_keys(recording: Recording) -> set[tuple[str, str]]:
@@ -322,15 +350,35 @@ def last_batch(session: Session, recorder_id: int) -> RecordingBatch | None:
     )
 
 
-def revoke(session: Session, actor_name: str, recorder_id: int, entries: list[ScoreEntry],
-           source_msg: str | None) -> None:
-    """Undo entries: a recorded change (revoked_at + audit), never a delete."""
+def revoke(session: Session, actor_name: str, recorder_id: int | None, entries: list[ScoreEntry],
+           source_msg: str | None) -> list[ScoreEntry]:
+    """Undo entries: a recorded change (revoked_at + audit), never a delete; returns those undone.
+
+    Under the recordings' advisory locks, so a recording of the same subject, point and period
+    waits for the undo (and the undo for it); an entry another undo took first is skipped. A batch
+    left with no live entry counts as undone (`撤销` skips it).
+    """
+    if not entries:
+        return []
+    session.flush()
+    lock_keys(session, sorted({f"{_subject_key(e)}/{e.semester_key}" for e in entries}))
+    live = set(session.scalars(select(ScoreEntry.id).where(
+        ScoreEntry.id.in_([e.id for e in entries]), ScoreEntry.revoked_at.is_(None))))
+    entries = [e for e in entries if e.id in live]
     now = utcnow()
     for e in entries:
         e.revoked_at = now
         e.revoked_by = recorder_id
         session.add(AuditLog(
             actor=actor_name, action="revoke", entity="score_entry", entity_key=_subject_key(e),
-            old_value=json.dumps({"entry": e.id, "value": e.value}), new_value=None,
-            source_msg=source_msg,
+            old_value=_audit_json(e.id, e.value), new_value=None, source_msg=source_msg,
         ))
+    session.flush()
+    batch_ids = {e.batch_id for e in entries}
+    if batch_ids:
+        still = set(session.scalars(select(ScoreEntry.batch_id).where(
+            ScoreEntry.batch_id.in_(batch_ids), ScoreEntry.revoked_at.is_(None)).distinct()))
+        for batch in session.scalars(select(RecordingBatch).where(
+                RecordingBatch.id.in_(batch_ids - still), RecordingBatch.revoked_at.is_(None))):
+            batch.revoked_at = now
+    return entries

@@ -1,74 +1,33 @@
-"""Plan tasks (任务分解表): the import, the owner's updates and the 整改清单 of unfinished tasks.
-
-The import reads the 任务 sheet with the roster's reader (same header rules, same error
-form: sheet, row, column), checks the whole file, and writes nothing unless all of it is
-right. Rows are upserted by 编号; an optional column absent from the file is left as it is.
+"""Plan tasks (任务分解表): the owner's updates, the queries, the 整改清单 of unfinished tasks and the
+deadline notices. The import of the 任务 sheet is models/io/tasks_import.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.io import roster
-from models.io.roster import (
-    NEW,
-    SAME,
-    UPDATED,
-    ImportReport,
-    RosterError,
-    Sheet,
-    SheetSpec,
-    parse_date,
-)
+from models.problems import Problem, ProblemError
 from models.schema import AuditLog, OutboxMessage, PlanTask, PlanTaskUpdate, Staff, utcnow
 
-TASKS = "任务"
 OPEN, DONE, CARRIED = "open", "done", "carried"  # carried: replaced by its 整改 task
 RECTIFY = "整改"
 # 编号 leaves room for the "-整改2026" suffix of a carried task within the 32-character column.
 CODE_MAX = 24
 
-TASK_SPEC = SheetSpec(
-    TASKS,
-    ("编号", "任务", "层面", "负责人工号", "督办人工号", "开始日期", "截止日期", "年度"),
-    ("编号", "任务", "负责人工号", "截止日期"),
-    {"编号": ("code", "task_code", "task_no", "number", "序号"),
-     "任务": ("task", "title", "任务名称", "工作任务"),
-     "层面": ("level", "layer"),
-     "负责人工号": ("owner_no", "owner_staff_no"),
-     "督办人工号": ("supervisor_no", "supervisor_staff_no"),
-     "开始日期": ("start_date", "start"),
-     "截止日期": ("due_date", "due", "deadline", "end_date"),
-     "年度": ("cycle", "year", "plan_year", "计划年度")},
-    ("tasks", "task", "任务分解表", "任务分解", "工作任务分解表", "年度要点工作任务分解表"),
-    {"编号": CODE_MAX, "层面": 32, "负责人工号": 32, "督办人工号": 32},
-)
-# Aliases stay clear of headers a 任务分解表 often has beside these (负责人 with names, 任务内容,
-# 完成时限 in words), which would otherwise read as a duplicate column.
-STAFF_COLUMNS = ("负责人工号", "督办人工号")
 
-# The roster's reader finds headers through this table; the 任务 sheet joins it so the
-# same header detection (aliases, notes in brackets, title rows above) applies.
-roster.HEADER_MAPS.setdefault(TASKS, roster._header_map(TASK_SPEC))
-SHEET_KEYS = {roster._header_key(n) for n in (TASKS, *TASK_SPEC.sheet_aliases)}
+class TaskError(ProblemError):
+    """An update the rules refuse (a closed task, a percentage out of range): templates/errors/tasks_*.txt."""
 
-
-class TaskImportError(RosterError):
-    """The task file is wrong; `errors` names sheet, row and column of each problem."""
-
-
-class TaskError(ValueError):
-    """An update the rules refuse (a closed task, a percentage out of range); the message is for the user."""
+    def __init__(self, code: str, /, **fields: object) -> None:
+        super().__init__(Problem(code, fields))
 
 
 def cycle_of(due: date) -> int:
@@ -78,217 +37,6 @@ def cycle_of(due: date) -> int:
     due in January is judged in that review, with the year it belongs to.
     """
     return due.year - 1 if due.month == 1 else due.year
-
-
-# ---------------------------------------------------------------- reading
-
-
-def _is_task_sheet(name: str) -> bool:
-    return roster._header_key(name) in SHEET_KEYS
-
-
-def _read_xlsx(path: Path) -> Sheet | None:
-    import openpyxl  # noqa: PLC0415  (only needed for workbooks)
-
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001  (zipfile, XML and openpyxl errors alike)
-        raise TaskImportError([f"无法读取工作簿 {path.name}：{exc}"]) from exc
-    try:
-        sheets = [ws for ws in wb.worksheets if _is_task_sheet(ws.title)]
-        if not sheets and len(wb.worksheets) == 1:
-            sheets = list(wb.worksheets)  # a one-sheet workbook is the task sheet, whatever its name
-        if not sheets:
-            raise TaskImportError([f"工作簿 {path.name} 中没有“{TASKS}”工作表"])
-        if len(sheets) > 1:
-            raise TaskImportError([f"{TASKS}：工作表重复（{'、'.join(f'“{ws.title}”' for ws in sheets)}）"])
-        rows = ((i, list(r)) for i, r in enumerate(sheets[0].iter_rows(values_only=True), start=1))
-        return roster._build_sheet(TASKS, rows)
-    finally:
-        wb.close()
-
-
-def _read_csv(path: Path) -> Sheet | None:
-    try:
-        return roster._build_sheet(TASKS, roster._csv_rows(path))
-    except RosterError as exc:
-        raise TaskImportError(exc.errors) from exc
-    except csv.Error as exc:
-        raise TaskImportError([f"{path.name}：CSV 格式错误：{exc}"]) from exc
-
-
-def read_task_sheet(path: str | Path) -> Sheet | None:
-    """The 任务 sheet of an .xlsx workbook, a .csv file or a folder holding 任务.csv (None if empty)."""
-    p = Path(path)
-    if p.is_dir():
-        files = [f for f in sorted(p.iterdir())
-                 if f.is_file() and f.suffix.lower() == ".csv" and _is_task_sheet(f.stem)]
-        if not files:
-            raise TaskImportError([f"文件夹 {p.name} 中没有 {TASKS}.csv"])
-        if len(files) > 1:
-            raise TaskImportError([f"{TASKS}：工作表重复（{'、'.join(f'“{f.name}”' for f in files)}）"])
-        return _read_csv(files[0])
-    if not p.exists():
-        raise TaskImportError([f"找不到文件：{p}"])
-    suffix = p.suffix.lower()
-    if suffix in (".xlsx", ".xlsm"):
-        return _read_xlsx(p)
-    if suffix == ".csv":
-        return _read_csv(p)
-    raise TaskImportError([f"不支持的文件格式：{p.name}（请使用 .xlsx 工作簿或 .csv 文件）"])
-
-
-# ---------------------------------------------------------------- checking
-
-
-def _q(text: str) -> str:
-    return f"“{text}”"
-
-
-def _parse_year(text: str) -> int | None:
-    text = text.removesuffix("年度").removesuffix("年").strip()
-    return int(text) if re.fullmatch(r"20\d\d", text) else None
-
-
-@dataclass
-class _Row:
-    """A checked row: parsed values by column."""
-
-    row: int
-    values: dict[str, Any]
-
-
-class _Checker:
-    """Every check of the task sheet, collecting errors as (row, column index, message)."""
-
-    def __init__(self, session: Session, sheet: Sheet) -> None:
-        self.sheet = sheet
-        self.errors: list[tuple[int, int, str]] = []
-        self.staff = {s.staff_no: s for s in session.scalars(select(Staff))}
-        self.staff_by_name: dict[str, list[Staff]] = {}
-        for s in self.staff.values():
-            self.staff_by_name.setdefault(s.name, []).append(s)
-        self.rows: list[_Row] = []
-
-    def error(self, row: int, column: str, message: str) -> None:
-        cols = TASK_SPEC.columns
-        self.errors.append((row, cols.index(column) if column in cols else -1,
-                            f"{TASKS} 第{row}行 {column}：{message}"))
-
-    def messages(self) -> list[str]:
-        return [m for *_k, m in sorted(self.errors)]
-
-    def run(self) -> None:
-        for row, col, msg in self.sheet.errors:
-            self.error(row, col, msg)
-        missing = [c for c in TASK_SPEC.required if c not in self.sheet.headers]
-        for col in missing:
-            self.error(self.sheet.header_row, col, "缺少必填列")
-        if missing or self.sheet.errors:
-            return
-        seen: dict[str, int] = {}
-        for row in self.sheet:
-            values = self._values(row)
-            code = values.get("编号")
-            if code is not None:
-                if code in seen:
-                    self.error(row.row, "编号", f"{_q(code)}与第{seen[code]}行重复")
-                    continue
-                seen[code] = row.row
-            if values.pop("_bad", False):
-                continue
-            start, due = values.get("开始日期"), values.get("截止日期")
-            if start is not None and start > due:
-                self.error(row.row, "开始日期", f"开始日期{start}晚于截止日期{due}")
-                continue
-            self.rows.append(_Row(row.row, values))
-
-    def _values(self, row: dict[str, str]) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for col in self.sheet.headers:
-            text = row.get(col, "")
-            if col in STAFF_COLUMNS and re.fullmatch(r"\d+\.0+", text):
-                text = text.split(".")[0]  # a CSV saved from Excel writes 1001 as 1001.0
-            values[col] = None
-            if not text:
-                if col in TASK_SPEC.required:
-                    self.error(row.row, col, "不能为空")
-                    values["_bad"] = True
-                continue
-            limit = TASK_SPEC.max_len.get(col)
-            if limit and len(text) > limit:
-                self.error(row.row, col, f"{_q(text)}超过{limit}个字符")
-                values["_bad"] = True
-                continue
-            parsed, problem = self._parse(col, text)
-            if problem:
-                self.error(row.row, col, problem)
-                values["_bad"] = True
-            values[col] = parsed
-        return values
-
-    def _parse(self, col: str, text: str) -> tuple[Any, str | None]:
-        if col in STAFF_COLUMNS:
-            if text in self.staff:
-                return self.staff[text], None
-            named = self.staff_by_name.get(text, [])
-            hint = f"（{text}的工号是{'、'.join(s.staff_no for s in named)}）" if named else ""
-            return None, f"工号{_q(text)}不存在{hint}"
-        if col in ("开始日期", "截止日期"):
-            d = parse_date(text)
-            return d, None if d else f"{_q(text)}不是有效日期（如2026-06-30）"
-        if col == "年度":
-            year = _parse_year(text)
-            return year, None if year else f"{_q(text)}应为四位年份，如2026"
-        return text, None
-
-
-# ---------------------------------------------------------------- writing
-
-
-def _fields(values: dict[str, Any], headers: list[str]) -> dict[str, Any]:
-    """The PlanTask attributes a checked row sets (columns absent from the file are left out)."""
-    due: date = values["截止日期"]
-    fields: dict[str, Any] = {
-        "code": values["编号"], "title": values["任务"], "owner_id": values["负责人工号"].id, "due": due,
-        "cycle": values.get("年度") or cycle_of(due),
-    }
-    if "层面" in headers:
-        fields["level"] = values["层面"]
-    if "督办人工号" in headers:
-        fields["supervisor_id"] = values["督办人工号"].id if values["督办人工号"] else None
-    if "开始日期" in headers:
-        fields["start"] = values["开始日期"]
-    return fields
-
-
-def import_tasks(session: Session, path: str | Path) -> ImportReport:
-    """Check the whole task file, then upsert it by 编号; raise TaskImportError (writing nothing) on any error."""
-    sheet = read_task_sheet(path)
-    if sheet is None or not len(sheet):
-        raise TaskImportError([f"{TASKS}：工作表没有任何任务"])
-    checker = _Checker(session, sheet)
-    checker.run()
-    if checker.errors:
-        raise TaskImportError(checker.messages())
-    existing = {t.code: t for t in session.scalars(
-        select(PlanTask).where(PlanTask.code.in_([r.values["编号"] for r in checker.rows])))}
-    counts = {NEW: 0, UPDATED: 0, SAME: 0}
-    for rec in checker.rows:
-        fields = _fields(rec.values, sheet.headers)
-        task = existing.get(fields["code"])
-        if task is None:
-            session.add(PlanTask(**fields, progress=0, status=OPEN))
-            counts[NEW] += 1
-            continue
-        changed = False
-        for attr, value in fields.items():
-            if getattr(task, attr) != value:
-                setattr(task, attr, value)
-                changed = True
-        counts[UPDATED if changed else SAME] += 1
-    session.flush()
-    return ImportReport({TASKS: counts})
 
 
 # ---------------------------------------------------------------- queries
@@ -353,14 +101,14 @@ def _record(session: Session, task: PlanTask, actor: str, kind: str, value: int 
 
 def _check_percent(value: int) -> None:
     if not 0 <= value <= 100:
-        raise TaskError(f"应为 0–100 的整数，收到 {value}")
+        raise TaskError("tasks_bad_percent", value=value)
 
 
 def _check_open(task: PlanTask) -> None:
     if task.status == DONE:
-        raise TaskError("已完成")
+        raise TaskError("tasks_done")
     if task.status == CARRIED:
-        raise TaskError("已转入整改清单")
+        raise TaskError("tasks_carried")
 
 
 def set_progress(session: Session, task: PlanTask, value: int, actor: str, note: str | None = None,
@@ -408,12 +156,13 @@ def _rectify_code(session: Session, task: PlanTask, next_cycle: int) -> str:
     return f"{root}-{RECTIFY}{next_cycle}-{n}"
 
 
-def carry_over(session: Session, cycle: int, due: date | None = None, actor: str = "系统") -> list[PlanTask]:
+def carry_over(session: Session, cycle: int, due: date | None = None, actor: str = "系统", *,
+               note: Callable[[int, PlanTask], str]) -> list[PlanTask]:
     """Carry the unfinished tasks of a plan year into the next one's 整改清单; returns the new tasks.
 
     Each open task gets one 整改 task (same owner, supervisor and progress, due `due`,
-    30 June of the next year by default) and is closed as carried. Running it again
-    creates nothing.
+    30 June of the next year by default, with `note(cycle, task)` as where it came from,
+    worded by the caller) and is closed as carried. Running it again creates nothing.
     """
     due = due or date(cycle + 1, 6, 30)
     done_ids = set(session.scalars(select(PlanTask.carried_from_id).where(PlanTask.carried_from_id.is_not(None))))
@@ -427,8 +176,7 @@ def carry_over(session: Session, cycle: int, due: date | None = None, actor: str
             code=_rectify_code(session, task, cycle + 1), title=task.title, level=task.level,
             owner_id=task.owner_id, supervisor_id=task.supervisor_id, start=None, due=due,
             cycle=cycle + 1, progress=task.progress, status=OPEN, carried_from_id=task.id,
-            note=f"{cycle}年度未完成（进度{task.progress}%"
-                 + (f"，达成度{task.achievement}%" if task.achievement is not None else "") + "）",
+            note=note(cycle, task),
         )
         session.add(new)
         session.flush()

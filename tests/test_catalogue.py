@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from core.render import render
 from models.catalogue import CatalogueError, parse_catalogue
 
 # Table 15 of seed/000_66cd706b4fc88568.txt, transcribed by hand, cell by cell:
@@ -262,8 +263,9 @@ def test_small_valid_catalogue():
         "derived from class point", "bad derived op", "bad derived where", "bad direction",
         "empty range", "bad compare"])
 def test_invalid_catalogue_raises_catalogue_error(data, says):
-    with pytest.raises(CatalogueError, match=says):
+    with pytest.raises(CatalogueError) as info:
         parse_catalogue(copy.deepcopy(data))
+    assert says in render("errors/problem.txt", p=info.value.problem)  # the edge words it
 
 
 def test_same_alias_in_different_scopes_is_allowed():

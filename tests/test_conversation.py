@@ -8,7 +8,8 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from models.schema import AuditLog, ProcessedMessage, Student
+from models.schema import AuditLog, ProcessedMessage, RecordingBatch, Student
+from models.scores import revoke
 from tests.chat import live_entries, make_service, say, student_id
 from tests.factories import small_college
 
@@ -47,7 +48,9 @@ def test_two_students_in_one_message_then_student_sees_it_and_undo_takes_it_back
 
 def test_several_lines_count_without_value_and_class_point(svc, session):
     reply = say(svc, "wangfang", "课外学习频次 张三 李四\n与教师沟通 王五 2\n满勤率 计算机2301 96")
-    assert "已记录 4 条" in reply, reply
+    first, *lines, last = reply.splitlines()  # one line a point, each on its own line
+    assert first.startswith("已记录 4 条（#") and last.startswith("计入：")
+    assert lines == ["课外学习频次 张三 1次、李四 1次", "与教师沟通频次 王五 2次", "满勤率 计算机2301 96%"]
     assert values_by_student(session, "A07") == {"张三": 1.0, "李四": 1.0}
     assert values_by_student(session, "A08") == {"王五": 2.0}
     [klass] = live_entries(session, "KA03")
@@ -224,6 +227,21 @@ def test_undo_one_entry_by_number_and_only_ones_own(svc, session):
     assert len(revokes) == 1 and json.loads(revokes[0].old_value)["value"] == 95.0
 
 
+def test_an_undo_that_lost_the_race_undoes_nothing_twice(svc, session):
+    """Two 撤销 of the same recording (two devices, two workers): the second finds the entries
+    already undone under the recording locks, and writes no second audit row."""
+    say(svc, "wangfang", "全勤率 张三 95 李四 90")
+    entries = live_entries(session)
+    first = revoke(session, "王芳(wangfang)", entries[0].recorder_id, entries, None)
+    session.commit()
+    assert len(first) == 2 and session.get(RecordingBatch, entries[0].batch_id).revoked_at is not None
+    again = revoke(session, "王芳(wangfang)", entries[0].recorder_id, entries, None)
+    session.commit()
+    assert again == []
+    assert session.scalar(select(func.count()).select_from(AuditLog).where(AuditLog.action == "revoke")) == 2
+    assert "还没有可以撤销" in say(svc, "wangfang", "撤销")
+
+
 def test_undo_with_nothing_to_undo(svc):
     assert "还没有可以撤销" in say(svc, "wangfang", "撤销")
 
@@ -318,3 +336,13 @@ def test_a_dropped_database_connection_costs_no_message(svc, session, db_url):
     session.commit()
     assert "已记录" in say(svc, "wangfang", "全勤率 李四 90")
     assert values_by_student(session, "A03") == {"张三": 95.0, "李四": 90.0}
+
+
+def test_every_command_has_its_own_help_line(svc):
+    """Each command's 帮助 line is a template (templates/chat/help/), rendered with the settings."""
+    from core.render import render
+    from handlers.registry import registry
+
+    lines = [render(c.summary, settings=svc.settings) for c in registry.commands if c.summary]
+    assert len(lines) == len(set(lines)) and all(lines)
+    assert f"导出 <班级>：班级储值卡工作簿的下载链接（{svc.settings.export_link_hours} 小时内有效）" in lines

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 
+from core.render import render
 from models.authz import load_actor, may_record
 from models.cards import class_card, student_card
 from models.catalogue import ROLES
-from models.io.demo import DEFAULT_USER, DemoReport, demo_people, load_demo
+from models.io.demo import DEFAULT_USER, DemoRefused, DemoReport, load_demo
+from models.io.demo_people import demo_people
 from models.periods import period_key
 from models.schema import (
     AuditLog,
@@ -26,10 +29,12 @@ from models.schema import (
 )
 from models.scores import load_calendar
 
+TZ = ZoneInfo("Asia/Shanghai")
+
 
 @pytest.fixture
 def demo(session, catalogue, today) -> DemoReport:
-    report = load_demo(session, catalogue, today)
+    report = load_demo(session, catalogue, today, tz=TZ)
     session.commit()
     return report
 
@@ -56,7 +61,8 @@ def test_roster_shape(session, demo):
     assert set(ROLES) <= set().union(*(s.role_set for s in staff))
     assert demo.students == len(students) and demo.staff == len(staff) and demo.classes == 6
     assert demo.entries == _count(session, ScoreEntry)
-    assert "演示" in demo.summary() and str(demo.students) in demo.summary()
+    summary = render("cli/demo_loaded.txt", r=demo)
+    assert "演示" in summary and str(demo.students) in summary
 
 
 def test_names_unique_but_one_planned_duplicate(session, demo):
@@ -185,7 +191,9 @@ def test_cards_show_subtotals_and_value_added(session, catalogue, today, demo):
 
 def test_loading_twice_is_refused(session, catalogue, today, demo):
     before = _count(session, ScoreEntry), _count(session, Student)
-    with pytest.raises(ValueError, match="已有"):
-        load_demo(session, catalogue, today)
+    with pytest.raises(DemoRefused) as refused:
+        load_demo(session, catalogue, today, tz=TZ)
+    assert render("errors/problem.txt", p=refused.value.problems[0]) == \
+        "数据库中已有学生名单，演示数据只能装入空数据库（不会重复装入）。"
     session.rollback()
     assert (_count(session, ScoreEntry), _count(session, Student)) == before

@@ -7,6 +7,7 @@ Flask routes; workbooks are read back with openpyxl and compared with the chat c
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import date
 
@@ -16,10 +17,12 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 
 from bot import create_app
-from handlers.export import LINK_MAX_AGE, SALT, _link_hours
+from core.config import load_settings
+from core.render import render
+from handlers.export import SALT, link_max_age
 from models.authz import load_actor
 from models.cards import student_card, student_cards
-from models.io.excel import ScoreImportError, import_scores, place_dated
+from models.io.scores_import import ScoreImportError, import_scores, place_dated
 from models.periods import PeriodError
 from models.schema import AuditLog, RecordingBatch, SchoolClass, ScoreEntry, Student
 from models.scores import load_calendar
@@ -89,6 +92,23 @@ def test_import_writes_one_batch_with_audit_and_the_chat_card_shows_it(app, svc,
 
     assert "学期学分绩 88" in say(svc, "zhangsan", "储值卡")
     assert "已撤销 3 条" in say(svc, "wangfang", "撤销")  # the import is one recording: undone as one
+
+
+def test_an_import_extends_the_audit_chain_chat_started(app, svc, session, tmp_path):
+    """Chat and the import write through the one write path: the import's value supersedes the chat
+    value, and its audit row names the entry it replaces, as a second chat message's would."""
+    say(svc, "wangfang", "全勤率 张三 80")
+    [chat_entry] = live(session, "A03")
+    path = workbook(tmp_path / "考勤.xlsx", [("2023010101", "全勤率", 95)])
+    assert cli(app, "scores", "import", str(path), "--as", "T001").exit_code == 0
+    session.expire_all()
+    imported = live(session, "A03")[-1]  # the newest entry of the period is the value
+    assert imported.value == 95.0 and imported.source == "import"
+    audits = session.scalars(select(AuditLog).where(AuditLog.action == "record").order_by(AuditLog.id)).all()
+    assert json.loads(audits[-1].old_value) == {"entry": chat_entry.id, "value": 80.0}
+    assert json.loads(audits[-1].new_value) == {"entry": imported.id, "value": 95.0}
+    batch = session.get(RecordingBatch, imported.batch_id)
+    assert batch.text.startswith("import 考勤.xlsx rows=1 sha256=")
 
 
 def test_bad_rows_write_nothing_and_each_error_names_row_and_column(app, session, tmp_path):
@@ -218,16 +238,16 @@ def test_dates_place_entries_in_their_period_with_the_grace_window(app, session,
     # Today is Wednesday 19 November: last week ended on Sunday 16, its grace window runs to the 19th.
     assert place_dated(attendance, date(2025, 11, 14), today, cal).period_key == "2025-W46"
     assert place_dated(attendance, date(2025, 11, 18), today, cal).period_key == "2025-W47"
-    with pytest.raises(PeriodError, match="已结束"):
+    with pytest.raises(PeriodError, match="import/period_over"):
         place_dated(attendance, date(2025, 11, 5), today, cal)
-    with pytest.raises(PeriodError, match="晚于今天"):
+    with pytest.raises(PeriodError, match="import/future_date"):
         place_dated(attendance, date(2025, 11, 20), today, cal)
-    with pytest.raises(PeriodError, match="补录期已过"):
+    with pytest.raises(PeriodError, match="period_grace_over"):
         place_dated(attendance, date(2025, 11, 14), date(2025, 11, 21), cal)
     # A 学期末 point dated in the semester just ended counts for it, within 14 days of its end.
     credit = catalogue.by_code["A09"]
     assert place_dated(credit, date(2026, 1, 20), date(2026, 2, 10), cal).period_key == "2025-2026-1"
-    with pytest.raises(PeriodError, match="补录期已过"):
+    with pytest.raises(PeriodError, match="period_grace_over"):
         place_dated(credit, date(2026, 1, 20), date(2026, 2, 20), cal)
 
     path = workbook(tmp_path / "d.xlsx", [
@@ -246,7 +266,7 @@ def test_import_as_a_function_raises_with_every_error(session, college, catalogu
                     headers=("学号", "班级编号", "采分点", "值"))
     with pytest.raises(ScoreImportError) as info:
         import_scores(session, catalogue, path, actor, today)
-    assert info.value.errors == [
+    assert [render("errors/problem.txt", p=p) for p in info.value.problems] == [
         "采分 第3行 采分点：班级的全勤率由学生的全勤率自动计算，不需要导入",
         "采分 第4行 班级编号：学号和班级编号只填一个：学生采分点填学号，班级采分点填班级编号",
     ]
@@ -429,7 +449,7 @@ def test_tampered_expired_and_revoked_links(app, svc, session):
 
     class PastSigner(TimestampSigner):
         def get_timestamp(self) -> int:
-            return int(time.time()) - LINK_MAX_AGE - 60
+            return int(time.time()) - 24 * 3600 - 60  # EXPORT_LINK_HOURS: 24 by default
 
     klass = session.scalar(select(SchoolClass).where(SchoolClass.code == "计算机2301"))
     old = URLSafeTimedSerializer("test", salt=SALT, signer=PastSigner).dumps({"class": klass.id, "by": "wangfang"})
@@ -446,7 +466,7 @@ def test_tampered_expired_and_revoked_links(app, svc, session):
 
 
 def test_link_lifetime_is_configurable():
-    assert LINK_MAX_AGE == 24 * 3600  # the default
-    assert _link_hours({"EXPORT_LINK_HOURS": "48"}) == 48
+    assert link_max_age(load_settings(environ={"SECRET_KEY": "t"})) == 24 * 3600  # the default
+    assert load_settings(environ={"SECRET_KEY": "t", "EXPORT_LINK_HOURS": "48"}).export_link_hours == 48
     with pytest.raises(ValueError, match="EXPORT_LINK_HOURS"):
-        _link_hours({"EXPORT_LINK_HOURS": "0"})
+        load_settings(environ={"SECRET_KEY": "t", "EXPORT_LINK_HOURS": "0"})

@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from core.render import render
 from models.periods import Calendar, PeriodError, Term, period_key, period_label, place, unit_bounds
 
 DEFAULT = Calendar()
@@ -16,6 +17,11 @@ T_2024_2 = Term("2024-2025", 2, date(2025, 2, 24), date(2025, 7, 11))
 T_2025_1 = Term("2025-2026", 1, date(2025, 9, 8), date(2026, 1, 16))
 T_2025_2 = Term("2025-2026", 2, date(2026, 3, 2), date(2026, 7, 10))
 CONFIGURED = Calendar([T_2025_2, T_2024_1, T_2025_1, T_2024_2])  # order does not matter
+
+
+def worded(err: PeriodError) -> str:
+    """The period problem as chat and the import word it."""
+    return render("errors/problem.txt", p=err.problem)
 
 
 # ───────────────────────── the default calendar ─────────────────────────
@@ -144,13 +150,14 @@ def test_last_week_within_the_grace_window(today):
 def test_last_week_after_the_grace_window():
     with pytest.raises(PeriodError) as err:
         place("周末", date(2025, 11, 27), DEFAULT, previous="week")  # Thursday
-    assert str(err.value) == "上周的补录期已过（截至11月26日）"
+    assert worded(err.value) == "上周的补录期已过（截至11月26日）"
 
 
 def test_last_month_within_and_after_the_grace_window():
     assert place("月末", date(2025, 12, 5), DEFAULT, previous="month").period_key == "2025-11"
-    with pytest.raises(PeriodError, match="上月的补录期已过（截至12月5日）"):
+    with pytest.raises(PeriodError) as err:
         place("月末", date(2025, 12, 6), DEFAULT, previous="month")
+    assert worded(err.value) == "上月的补录期已过（截至12月5日）"
 
 
 def test_last_semester_after_a_configured_winter_vacation():
@@ -158,8 +165,9 @@ def test_last_semester_after_a_configured_winter_vacation():
     # back on 10 March may still fill last semester's points (14 days' grace).
     placed = place("学期末", date(2026, 3, 10), CONFIGURED, previous="semester")
     assert placed.period_key == "2025-2026-1"
-    with pytest.raises(PeriodError, match="上学期的补录期已过（截至3月15日）"):
+    with pytest.raises(PeriodError) as err:
         place("学期末", date(2026, 3, 16), CONFIGURED, previous="semester")
+    assert worded(err.value) == "上学期的补录期已过（截至3月15日）"
 
 
 def test_last_year_after_a_configured_summer_vacation():
@@ -176,14 +184,14 @@ def test_last_year_after_a_configured_summer_vacation():
 def test_wrong_unit_word(period, previous, message):
     with pytest.raises(PeriodError) as err:
         place(period, WEDNESDAY, DEFAULT, previous=previous)
-    assert str(err.value) == message
+    assert worded(err.value) == message
 
 
 def test_first_semester_point_outside_the_first_semester():
     assert place("第一学期中", WEDNESDAY, DEFAULT).period_key == "2025-2026-1"
     with pytest.raises(PeriodError) as err:
         place("第一学期中", date(2026, 4, 1), DEFAULT)
-    assert str(err.value) == "该采分点在第一学期录入"
+    assert worded(err.value) == "该采分点在第一学期录入"
 
 
 def test_graduation_point_only_in_the_final_year():
@@ -193,4 +201,4 @@ def test_graduation_point_only_in_the_final_year():
     for grade in (2024, 2025):
         with pytest.raises(PeriodError) as err:
             place("毕业前", WEDNESDAY, DEFAULT, grade=grade)
-        assert str(err.value) == "该采分点在毕业学年录入"
+        assert worded(err.value) == "该采分点在毕业学年录入"

@@ -10,19 +10,23 @@ import openpyxl
 import pytest
 from sqlalchemy import func, select
 
+from core.render import render
 from models.db import Base
-from models.io.roster import (
-    ImportReport,
-    RosterError,
-    import_roster,
-    parse_date,
-    parse_roles,
-    parse_term,
-    parse_year,
-    read_roster,
-    write_template,
-)
+from models.io.roster import ImportReport, RosterError, import_roster, write_template
+from models.io.roster_read import parse_roles, parse_term, parse_year, read_roster
+from models.io.sheets import parse_date
 from models.schema import Department, SchoolClass, Semester, Staff, Student, TeachingAssignment
+
+
+def worded(problems: list) -> list[str]:
+    """Problems as the CLI prints them."""
+    return [render("errors/problem.txt", p=p) for p in problems]
+
+
+def summary(report: ImportReport) -> str:
+    """An import report as the CLI prints it."""
+    return render("cli/import_report.txt", report=report)
+
 
 HEADERS = {
     "系部": ["系部名称", "系部主任工号"],
@@ -178,8 +182,8 @@ def test_full_workbook_imports(session, tmp_path):
     session.commit()
     assert report.counts == created(FULL_COUNTS)
     assert list(report.counts) == ["系部", "教职工", "班级", "学生", "任课", "校历"]
-    assert report.summary().splitlines()[0] == "系部：新增 2，更新 0，未变 0"
-    assert "学生：新增 3，更新 0，未变 0" in report.summary()
+    assert summary(report).splitlines()[0] == "系部：新增 2，更新 0，未变 0"
+    assert "学生：新增 3，更新 0，未变 0" in summary(report)
     assert snapshot(session) == EXPECTED
     cls = session.scalar(select(SchoolClass).where(SchoolClass.code == "CS2301"))
     assert cls.head_teacher.staff_no == "T002" and cls.counsellor.staff_no == "T003"
@@ -213,7 +217,7 @@ def test_reimport_changes_nothing(session, tmp_path):
     assert not session.new and not session.dirty
     session.commit()
     assert report.counts == {sheet: {"新增": 0, "更新": 0, "未变": n} for sheet, n in FULL_COUNTS.items()}
-    assert "学生：新增 0，更新 0，未变 3" in report.summary()
+    assert "学生：新增 0，更新 0，未变 3" in summary(report)
     assert raw_rows(session) == before
     # The csv export of the same roster is the same roster.
     report = import_roster(session, make_csv(tmp_path / "csv", full_rows()))
@@ -367,13 +371,13 @@ def test_ids_that_collide_with_someone_else_are_imported_with_a_warning(session,
     report = import_roster(session, make_xlsx(tmp_path / "b.xlsx", rows))
     session.commit()
     assert report.counts == created({"教职工": 2, "学生": 1})
-    assert report.warnings == [
+    assert worded(report.warnings) == [
         "提醒：周老师（工号2024020101，教职工 第2行）与王五（学号2024020101，数据库中已有）的编号“2024020101”相同，"
         "企业微信中不会按此编号识别他们。",
         "提醒：钱老师（工号T004，数据库中已有）的工号“T004”是孙悟（学号2023010103，学生 第2行）的企业微信账号，"
         "企业微信中不会按此工号识别钱老师。",
     ]
-    assert report.summary().splitlines()[2:] == report.warnings
+    assert summary(report).splitlines()[2:] == worded(report.warnings)
     assert ("2023010103", "孙悟", "CS2301", "t004") in snapshot(session)["student"]
 
 
@@ -436,12 +440,11 @@ def test_error_file_writes_nothing_and_names_each_error(session, tmp_path):
     with pytest.raises(RosterError) as exc:
         import_roster(session, make_xlsx(tmp_path / "bad.xlsx", bad_rows()))
     session.rollback()
-    assert_errors(exc.value.errors, EXPECTED_ERRORS)
-    for message in exc.value.errors:
+    assert_errors(worded(exc.value.problems), EXPECTED_ERRORS)
+    for message in worded(exc.value.problems):
         sheet, row, rest = message.split(" ", 2)
         assert sheet in HEADERS and row.startswith("第") and row.endswith("行")
         assert rest.split("：", 1)[0] in HEADERS[sheet]
-    assert str(exc.value).splitlines() == exc.value.errors
     assert row_count(session) == 0
 
 
@@ -456,7 +459,7 @@ def test_error_file_leaves_existing_rows_alone(session, tmp_path):
         import_roster(session, make_xlsx(tmp_path / "b.xlsx", rows))
     assert not session.new and not session.dirty
     session.rollback()
-    assert exc.value.errors == ["学生 第5行 姓名：不能为空"]
+    assert worded(exc.value.problems) == ["学生 第5行 姓名：不能为空"]
     assert raw_rows(session) == before
 
 
@@ -465,7 +468,7 @@ def test_missing_columns_are_named(session, tmp_path):
     rows = {"任课": [["T002", "CS2301"]], "学生": [[2023010101, "张三"]]}
     with pytest.raises(RosterError) as exc:
         import_roster(session, make_xlsx(tmp_path / "cols.xlsx", rows, headers=headers))
-    assert exc.value.errors == ["学生 第1行 班级编号：缺少必填列", "任课 第1行 课程：缺少必填列"]
+    assert worded(exc.value.problems) == ["学生 第1行 班级编号：缺少必填列", "任课 第1行 课程：缺少必填列"]
 
 
 def test_references_to_database_rows_and_accounts_in_database(session, tmp_path):
@@ -478,7 +481,8 @@ def test_references_to_database_rows_and_accounts_in_database(session, tmp_path)
     }
     with pytest.raises(RosterError) as exc:
         import_roster(session, make_xlsx(tmp_path / "b.xlsx", rows))
-    assert exc.value.errors == ["学生 第3行 企业微信账号：“wangzr”已被教职工王主任（工号T001，数据库中已有）使用"]
+    assert worded(exc.value.problems) == [
+        "学生 第3行 企业微信账号：“wangzr”已被教职工王主任（工号T001，数据库中已有）使用"]
     session.rollback()
     rows["学生"][1][3] = "maoming"
     report = import_roster(session, make_xlsx(tmp_path / "c.xlsx", rows))
@@ -491,7 +495,7 @@ def test_overlap_with_semester_in_database(session, tmp_path):
     rows = {"校历": [["2026-2027", 1, "2026-07-01", "2027-01-17"]]}
     with pytest.raises(RosterError) as exc:
         import_roster(session, make_xlsx(tmp_path / "b.xlsx", rows))
-    assert exc.value.errors == [
+    assert worded(exc.value.problems) == [
         "校历 第2行 开始日期：2026-07-01至2027-01-17与2025-2026学年第二学期"
         "（2026-02-23至2026-07-10，数据库中已有）重叠"]
     # Moving the database's semester in the same file resolves it.
@@ -501,16 +505,19 @@ def test_overlap_with_semester_in_database(session, tmp_path):
 
 
 def test_unreadable_inputs(session, tmp_path):
-    with pytest.raises(RosterError, match="找不到"):
+    with pytest.raises(RosterError) as exc:
         import_roster(session, tmp_path / "nope.xlsx")
+    assert worded(exc.value.problems) == [f"找不到文件：{tmp_path / 'nope.xlsx'}"]
     (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
-    with pytest.raises(RosterError, match="不支持"):
+    with pytest.raises(RosterError) as exc:
         import_roster(session, tmp_path / "old.xls")
+    assert worded(exc.value.problems) == ["不支持的文件格式：old.xls（请使用 .xlsx 工作簿或 .csv 文件夹）"]
     (tmp_path / "broken.xlsx").write_bytes(b"not a zip")
-    with pytest.raises(RosterError, match="无法读取"):
+    with pytest.raises(RosterError) as exc:
         import_roster(session, tmp_path / "broken.xlsx")
+    assert worded(exc.value.problems)[0].startswith("无法读取工作簿 broken.xlsx：")
 
 
 def test_report_summary_format():
     report = ImportReport({"学生": {"新增": 3, "更新": 1, "未变": 10}, "任课": {"新增": 0, "更新": 0, "未变": 2}})
-    assert report.summary() == "学生：新增 3，更新 1，未变 10\n任课：新增 0，更新 0，未变 2"
+    assert summary(report) == "学生：新增 3，更新 1，未变 10\n任课：新增 0，更新 0，未变 2"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,7 +11,11 @@ import openpyxl
 import pytest
 from sqlalchemy import func, select
 
+from core.config import load_settings
+from core.render import render
+from core.schedules import CycleSettings
 from models.io.roster import NEW, SAME, UPDATED
+from models.io.tasks_import import TaskImportError, import_tasks
 from models.schema import (
     AuditLog,
     OutboxMessage,
@@ -23,24 +26,33 @@ from models.schema import (
     Student,
 )
 from models.tasks import (
-    TaskImportError,
     carry_over,
     cycle_of,
     find_task,
     fit_sections,
-    import_tasks,
     rectification_list,
     report_achievement,
 )
-from scheduler import plan_cycle
-from scheduler.plan_cycle import CycleSettings
-from scheduler.registry import JOBS, JobContext
+from scheduler import plan_cycle  # noqa: F401  (registers the plan-cycle jobs)
+from scheduler.registry import JOBS, JobContext, scheduled_jobs
 from scheduler.runner import run_job
 from tests.chat import make_service, say
 from tests.factories import small_college
 from tests.test_cli import run_bot
 
 TZ = ZoneInfo("Asia/Shanghai")
+
+
+def worded(problems: list) -> list[str]:
+    """Problems as the CLI prints them."""
+    return [render("errors/problem.txt", p=p) for p in problems]
+
+
+def carried_note(cycle: int, task: PlanTask) -> str:
+    """The 整改 note as the plan-cycle job words it."""
+    return render("push/task_carried_note.txt", cycle=cycle, task=task)
+
+
 HEADERS = ["编号", "任务", "层面", "负责人工号", "督办人工号", "开始日期", "截止日期"]
 ENGLISH = ["code", "Title", "level", "owner_no", "supervisor_no", "start_date", "due_date"]
 
@@ -102,9 +114,10 @@ def task(session, code: str, owner: str, supervisor: str | None, due: date, *, s
     return t
 
 
-def run(job_name: str, session, catalogue, day: date, at: time = time(8, 20)) -> str:
+def run(job_name: str, session, catalogue, day: date, at: time = time(8, 20),
+        cycle: CycleSettings | None = None) -> str:
     ctx = JobContext(session=session, now=datetime.combine(day, at, TZ), catalogue=catalogue,
-                     public_base_url="http://x")
+                     public_base_url="http://x", cycle=cycle or CycleSettings())
     result = JOBS[job_name].func(ctx)
     session.commit()
     assert isinstance(result, str) and "\n" not in result
@@ -132,7 +145,7 @@ def test_import_workbook_upserts_by_code(session, college, tmp_path):
     report = import_tasks(session, make_xlsx(tmp_path / "t.xlsx", GOOD))
     session.commit()
     assert report.counts == {"任务": {NEW: 3, UPDATED: 0, SAME: 0}}
-    assert report.summary() == "任务：新增 3，更新 0，未变 0"
+    assert render("cli/import_report.txt", report=report) == "任务：新增 3，更新 0，未变 0"
     tasks = tasks_by_code(session)
     t = tasks["1.1"]
     assert (t.title, t.level) == ("完善计算机专业人才培养方案", "专业")
@@ -220,7 +233,7 @@ def test_errors_name_sheet_row_and_column_and_nothing_is_written(session, colleg
     with pytest.raises(TaskImportError) as info:
         import_tasks(session, make_xlsx(tmp_path / "bad.xlsx", rows))
     session.rollback()
-    errors = info.value.errors
+    errors = worded(info.value.problems)
     assert errors == [
         "任务 第3行 负责人工号：工号“T999”不存在",
         "任务 第4行 督办人工号：工号“吴军”不存在（吴军的工号是T900）",
@@ -240,23 +253,26 @@ def test_missing_required_column_and_wrong_files(session, college, tmp_path):
     path = make_xlsx(tmp_path / "m.xlsx", [["1.1", "任务", "T001"]], headers=["编号", "任务", "负责人工号"])
     with pytest.raises(TaskImportError) as info:
         import_tasks(session, path)
-    assert info.value.errors == ["任务 第1行 截止日期：缺少必填列"]
+    assert worded(info.value.problems) == ["任务 第1行 截止日期：缺少必填列"]
     wb = openpyxl.Workbook()
     wb.active.title = "名单"
     wb.create_sheet("其他")
     wb.save(tmp_path / "none.xlsx")
-    with pytest.raises(TaskImportError, match="没有“任务”工作表"):
+    with pytest.raises(TaskImportError) as info:
         import_tasks(session, tmp_path / "none.xlsx")
+    assert worded(info.value.problems) == ["工作簿 none.xlsx 中没有“任务”工作表"]
     (tmp_path / "t.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(TaskImportError, match="不支持的文件格式"):
+    with pytest.raises(TaskImportError) as info:
         import_tasks(session, tmp_path / "t.txt")
-    with pytest.raises(TaskImportError, match="没有任何任务"):
+    assert worded(info.value.problems) == ["不支持的文件格式：t.txt（请使用 .xlsx 工作簿或 .csv 文件）"]
+    with pytest.raises(TaskImportError) as info:
         import_tasks(session, make_xlsx(tmp_path / "empty.xlsx", []))
+    assert worded(info.value.problems) == ["任务：工作表没有任何任务"]
     assert session.scalar(select(func.count(PlanTask.id))) == 0
 
 
 def test_cli_tasks_import_all_or_nothing(tmp_path):
-    from bot.cli import upgrade_database
+    from bot.cli.db import upgrade_database
     from models.db import make_engine, make_sessionmaker
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
@@ -445,14 +461,14 @@ def test_owner_without_wecom_account_is_skipped_and_counted(session, college, ca
     assert [m.recipient for m in outbox(session)] == ["wujun"]
 
 
-def test_reminder_days_are_configurable(session, college, catalogue, monkeypatch):
-    monkeypatch.setattr(plan_cycle, "SETTINGS", dataclasses.replace(plan_cycle.SETTINGS, remind_days_before=5))
+def test_reminder_days_are_configurable(session, college, catalogue):
+    cycle = CycleSettings(remind_days_before=5)
     task(session, "1.1", "T001", "T900", DUE)
-    run("task_deadlines", session, catalogue, DUE - timedelta(days=6))
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=6), cycle=cycle)
     assert outbox(session) == []
-    run("task_deadlines", session, catalogue, DUE - timedelta(days=5))
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=5), cycle=cycle)
     assert "5天后到期" in outbox(session)[0].body
-    run("task_deadlines", session, catalogue, DUE - timedelta(days=3))
+    run("task_deadlines", session, catalogue, DUE - timedelta(days=3), cycle=cycle)
     assert len(outbox(session)) == 1
 
 
@@ -674,7 +690,7 @@ def test_outcome_review_in_january_then_carry_over(session, cycle_tasks, catalog
 
     count = len(outbox(session))
     assert "0 tasks carried" in run("outcome_review", session, catalogue, date(2027, 2, 1))
-    assert carry_over(session, 2026) == []
+    assert carry_over(session, 2026, note=carried_note) == []
     assert len(outbox(session)) == count
     assert session.scalar(select(func.count(PlanTask.id))) == 5
     assert [t.code for t in rectification_list(session, 2026)] == ["1.2-整改", "2.1-整改"]
@@ -724,12 +740,12 @@ def test_plan_documents_missed_on_monday_go_out_later_that_week(session, college
 
 def test_carried_task_is_closed_in_chat_and_a_second_carry_gets_a_new_code(svc, session, today):
     old = task(session, "1.1", "T001", "T900", date(2024, 12, 1))
-    [new] = carry_over(session, 2024, date(2025, 6, 30))
+    [new] = carry_over(session, 2024, date(2025, 6, 30), note=carried_note)
     session.commit()
     assert new.code == "1.1-整改"
     reply = say(svc, "wangfang", f"进度 #{old.id} 50")
     assert f"请改用 #{new.id}〔1.1-整改〕" in reply
-    [newer] = carry_over(session, 2025, date(2026, 6, 30))  # still unfinished a year later
+    [newer] = carry_over(session, 2025, date(2026, 6, 30), note=carried_note)  # still unfinished a year later
     session.commit()
     assert newer.code == "1.1-整改2026" and newer.carried_from_id == new.id
 
@@ -738,18 +754,22 @@ def test_carried_task_is_closed_in_chat_and_a_second_carry_gets_a_new_code(svc, 
 
 
 def test_settings_from_environment():
-    s = CycleSettings.from_env({"TASK_DEADLINES_CRON": "mon-fri 07:50", "PLAN_REVIEW_DEADLINE": "04-15",
-                                "PROGRESS_CHECKIN_MONTHS": "4-6,9", "CARRY_OVER_ON": "01-25",
-                                "OUTCOME_REVIEW_LAST_CALL": "01-18", "TASK_OVERDUE_EVERY_DAYS": "3"})
+    settings = load_settings(environ={"SECRET_KEY": "t", "TASK_DEADLINES_CRON": "mon-fri 07:50",
+                                      "PLAN_REVIEW_DEADLINE": "04-15", "PROGRESS_CHECKIN_MONTHS": "4-6,9",
+                                      "CARRY_OVER_ON": "01-25", "OUTCOME_REVIEW_LAST_CALL": "01-18",
+                                      "TASK_OVERDUE_EVERY_DAYS": "3", "OUTCOME_REVIEW_CRON": "09:50"})
+    s = settings.cycle
     assert s.plan_review_deadline == (4, 15)
     assert s.checkin_months == (4, 5, 6, 9) and s.carry_over_on == (1, 25) and s.overdue_every_days == 3
-    assert s.cron("task_deadlines") == {"day_of_week": "mon-fri", "hour": "7", "minute": "50"}
-    assert s.cron("outcome_review", (1, 2)) == {"hour": "9", "minute": "50", "month": "1,2"}
+    jobs = scheduled_jobs(settings)
+    assert jobs["task_deadlines"].cron == {"day_of_week": "mon-fri", "hour": "7", "minute": "50"}
+    assert jobs["outcome_review"].cron == {"hour": "9", "minute": "50", "month": "1,2"}  # 01-05 to 01-25 + 7 days
+    assert jobs["progress_checkin"].cron["month"] == "4,5,6,9"
     for bad in ({"PLAN_REVIEW_DEADLINE": "31-03"}, {"TASK_DEADLINES_CRON": "8h"}, {"PROGRESS_CHECKIN_DAY": "31"},
                 {"PROGRESS_CHECKIN_MONTHS": "10-5"}, {"PLAN_SUBMISSION_START": "04-01"}):
         with pytest.raises(ValueError):
-            CycleSettings.from_env(bad)
-    assert CycleSettings.from_env({}) == CycleSettings()
+            load_settings(environ={"SECRET_KEY": "t", **bad})
+    assert load_settings(environ={"SECRET_KEY": "t"}).cycle == CycleSettings()
 
 
 def test_jobs_are_registered_with_times_off_the_hour():

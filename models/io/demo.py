@@ -31,17 +31,17 @@ one audit row (action "import") per batch.
 from __future__ import annotations
 
 import json
-import os
 import random
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from models.catalogue import ROLES, Catalogue
+from models.catalogue import Catalogue
 from models.periods import (
     Calendar,
     Placement,
@@ -52,6 +52,7 @@ from models.periods import (
     week_bounds,
     week_key,
 )
+from models.problems import Problem, ProblemError
 from models.schema import (
     AuditLog,
     Department,
@@ -66,100 +67,28 @@ from models.schema import (
 )
 from models.scores import load_calendar
 
-DEFAULT_USER = "wangfang"  # the 班主任 the console opens as
 HISTORY_WEEKS = 16  # weeks of the current semester filled in, counting back from today's week
 SOURCE = "demo"
 
-IT, EM = "信息工程系", "经济管理系"
-_DEPARTMENTS = (IT, EM)
-
+# The fictional college: people, classes, teaching and name pools (data, in a data file).
+_DATA = tomllib.loads(Path(__file__).with_name("demo_data.toml").read_text(encoding="utf-8"))
+DEFAULT_USER: str = _DATA["default_user"]  # the 班主任 the console opens as
+DUPLICATE_NAME: str = _DATA["duplicate_name"]
+_DEPARTMENTS = tuple(_DATA["departments"])
 # 班级编号, 班级名称, 系部, 专业序号 (used in the 学号), 班主任 userid, 辅导员 userid.
-_CLASSES = (
-    ("计算机2301", "计算机应用技术2301班", IT, "01", "wangfang", "liuwei"),
-    ("软件技术2301", "软件技术2301班", IT, "02", "yangfan", "liuwei"),
-    ("网络2401", "计算机网络技术2401班", IT, "03", "huangli", "liuwei"),
-    ("会计2301", "大数据与会计2301班", EM, "04", "xuna", "caoming"),
-    ("电商2401", "电子商务2401班", EM, "05", "fengchao", "caoming"),
-    ("物流2501", "现代物流管理2501班", EM, "06", "hanmei", "caoming"),
-)
-
+CLASSES = tuple(tuple(row) for row in _DATA["classes"])
 # 工号, 姓名, 企业微信账号, 角色, 系部 (None: college-wide).
-_STAFF = (
-    ("10001", "王芳", "wangfang", "班主任", IT),
-    ("10002", "杨帆", "yangfan", "班主任", IT),
-    ("10003", "黄丽", "huangli", "班主任", IT),
-    ("10004", "刘伟", "liuwei", "辅导员", IT),
-    ("10005", "陈静", "chenjing", "任课教师", IT),
-    ("10006", "林涛", "lintao", "任课教师", IT),
-    ("10007", "何敏", "hemin", "任课教师", IT),
-    ("10008", "郭磊", "guolei", "任课教师", IT),
-    ("10009", "马琳", "malin", "任课教师", IT),
-    ("10010", "孙丽", "sunli", "学工办", IT),
-    ("10011", "周杰", "zhoujie", "教研室", IT),
-    ("10012", "吴军", "wujun", "系部主任", IT),
-    ("20001", "许娜", "xuna", "班主任", EM),
-    ("20002", "冯超", "fengchao", "班主任", EM),
-    ("20003", "韩梅", "hanmei", "班主任", EM),
-    ("20004", "曹明", "caoming", "辅导员", EM),
-    ("20005", "邓洁", "dengjie", "任课教师", EM),
-    ("20006", "彭辉", "penghui", "任课教师", EM),
-    ("20007", "蒋燕", "jiangyan", "任课教师", EM),
-    ("20008", "田宇", "tianyu", "任课教师", EM),
-    ("20009", "袁媛", "yuanyuan", "学工办", EM),
-    ("20010", "邱红", "qiuhong", "教研室", EM),
-    ("20011", "潘刚", "pangang", "系部主任", EM),
-    ("30001", "赵强", "zhaoqiang", "体育老师", None),
-    ("30002", "郑远", "zhengyuan", "院领导", None),
-    ("30003", "钱悦", "admin", "管理员", None),
-)
-
+_STAFF = tuple((no, name, userid, roles, dept or None) for no, name, userid, roles, dept in _DATA["staff"])
 # 任课: userid, 班级编号, 课程. The 体育老师 teaches 体育 to every class (added below).
-_TEACHING = (
-    ("chenjing", "计算机2301", "Python程序设计"),
-    ("lintao", "计算机2301", "数据库原理与应用"),
-    ("hemin", "计算机2301", "计算机网络基础"),
-    ("chenjing", "软件技术2301", "Python程序设计"),
-    ("guolei", "软件技术2301", "Java程序设计"),
-    ("malin", "软件技术2301", "软件测试技术"),
-    ("hemin", "网络2401", "路由与交换技术"),
-    ("lintao", "网络2401", "数据库原理与应用"),
-    ("malin", "网络2401", "Linux系统管理"),
-    ("dengjie", "会计2301", "中级财务会计"),
-    ("tianyu", "会计2301", "经济法基础"),
-    ("dengjie", "会计2301", "成本会计"),
-    ("penghui", "电商2401", "电子商务概论"),
-    ("jiangyan", "电商2401", "网络营销"),
-    ("tianyu", "电商2401", "经济学基础"),
-    ("jiangyan", "物流2501", "物流管理基础"),
-    ("penghui", "物流2501", "电子商务基础"),
-    ("tianyu", "物流2501", "经济学基础"),
-)
-PE_TEACHER, PE_COURSE = "zhaoqiang", "体育"
-# Department-level people, by department.
-_DEPT_STAFF = {IT: ("sunli", "zhoujie", "wujun"), EM: ("yuanyuan", "qiuhong", "pangang")}
-
+_TEACHING = tuple(tuple(row) for row in _DATA["teaching"])
+PE_TEACHER, PE_COURSE = _DATA["pe_teacher"], _DATA["pe_course"]
+# Department-level people (学工办, 教研室, 系部主任), by department.
+_DEPT_STAFF = {dept: tuple(people) for dept, people in _DATA["department_staff"].items()}
 # Fixed students: 班级编号, 序号 in class, 姓名, userid (None: the 学号).
-_FIXED_STUDENTS = (
-    ("计算机2301", 1, "张三", "zhangsan"),
-    ("计算机2301", 2, "李四", "lisi"),
-    ("计算机2301", 17, "刘洋", None),
-    ("计算机2301", 31, "刘洋", None),
-)
-DUPLICATE_NAME = "刘洋"
-
-_SURNAMES = (
-    "王王王王李李李李张张张张刘刘刘陈陈陈杨杨黄黄赵赵吴吴周周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩"
-    "冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦"
-    "邱江尹薛段雷侯龙史陶黎贺顾毛郝龚邵万严武戴孔汤"
-)
-_GIVEN_TWO = (
-    "子涵 梓萱 浩然 宇轩 欣怡 雨欣 佳怡 俊杰 志强 家豪 思远 嘉怡 雨桐 晨曦 一鸣 天宇 博文 诗涵 梦瑶 "
-    "雅琪 晓东 晓燕 海涛 建华 文博 子轩 梓涵 思彤 若曦 明轩 皓轩 嘉欣 佳琪 欣然 雨萱 可馨 俊豪 宇航 "
-    "泽宇 子豪 一诺 梓轩 思琪 静怡 嘉豪 浩宇 鑫磊 晓雯 丽娜 文静 志伟 国栋 春燕 海燕 振宇 佳豪 梦琪 "
-    "雨涵 紫涵 思雨 婉婷 心怡 子怡 晨阳 志豪 家乐 鹏飞 嘉伟 宏伟 俊熙 逸飞 雅婷 晓丽 文杰 天乐 "
-    "思源 雨泽 欣妍 佳慧 明杰 宇辰 嘉宁 瑞雪 诗琪 梓豪 俊宇 昊天 书瑶"
-).split()
-_GIVEN_ONE = "伟强磊军勇杰涛明超浩鹏辉鑫博斌凯晨阳帅飞龙宁峰旭昊敏静丽艳娟婷雪琳慧颖欣倩瑶蕾悦璐萱"
+_FIXED_STUDENTS = tuple((code, seq, name, userid or None) for code, seq, name, userid in _DATA["fixed_students"])
+_SURNAMES = _DATA["names"]["surnames"]
+_GIVEN_TWO = _DATA["names"]["given_two"].split()
+_GIVEN_ONE = _DATA["names"]["given_one"]
 
 # Days without classes (month, day): 国庆 and 劳动节 weeks, 元旦.
 _HOLIDAYS = {(10, d) for d in range(1, 8)} | {(5, d) for d in range(1, 6)} | {(1, 1)}
@@ -191,17 +120,11 @@ class DemoReport:
     last_day: date | None = None
     points: Counter = field(default_factory=Counter)
 
-    def summary(self) -> str:
-        """A short Chinese summary for the command line."""
-        span = (f"，日期 {self.first_day:%Y-%m-%d} 至 {self.last_day:%Y-%m-%d}"
-                if self.first_day and self.last_day else "")
-        return (
-            f"已装入演示学院：{self.departments} 个系部、{self.classes} 个班级、{self.students} 名学生、"
-            f"{self.staff} 名教职工（任课 {self.teaching} 条，校历 {self.semesters} 个学期）；"
-            f"采分记录 {self.entries} 条，分 {self.batches} 次录入{span}。"
-            f"控制台默认身份：王芳（{DEFAULT_USER}，计算机2301 班主任）；"
-            f"学生可用 zhangsan（张三）试“储值卡”。"
-        )
+    default_user: str = DEFAULT_USER  # the console opens as them (templates/cli/demo_loaded.txt)
+
+
+class DemoRefused(ProblemError):
+    """The database is not empty: the demo college only goes into an empty one (templates/errors/demo_*.txt)."""
 
 
 @dataclass
@@ -225,11 +148,11 @@ class _PendingBatch:
 class _Writer:
     """Collects planned entries by (recorder, ISO week), placed with the calendar."""
 
-    def __init__(self, catalogue: Catalogue, cal: Calendar, today: date) -> None:
+    def __init__(self, catalogue: Catalogue, cal: Calendar, today: date, tz: tzinfo) -> None:
         self.catalogue = catalogue
         self.cal = cal
         self.today = today
-        self.tz = ZoneInfo(os.environ.get("APP_TIMEZONE") or "Asia/Shanghai")
+        self.tz = tz
         self.now = utcnow()
         self.batches: dict[tuple[int, str], _PendingBatch] = {}
         self._placed: dict[tuple[str, date], Placement] = {}
@@ -291,19 +214,18 @@ class _Writer:
             report.last_day = max(r["occurred_on"] for r in rows)
 
 
-def load_demo(session: Session, catalogue: Catalogue, today: date, seed: int = 7) -> DemoReport:
-    """Load the demo college with its history up to `today`; the caller commits."""
-    if session.scalar(select(Student.id).limit(1)) is not None:
-        raise ValueError("数据库中已有学生名单，演示数据只能装入空数据库（不会重复装入）。")
-    for model, what in ((Staff, "教职工"), (SchoolClass, "班级"), (Department, "系部")):
+def load_demo(session: Session, catalogue: Catalogue, today: date, seed: int = 7, *, tz: tzinfo) -> DemoReport:
+    """Load the demo college with its history up to `today` (entry times in `tz`, the college's
+    time zone); the caller commits. Raise DemoRefused when the database already has a roster."""
+    for model, what in ((Student, "学生名单"), (Staff, "教职工"), (SchoolClass, "班级"), (Department, "系部")):
         if session.scalar(select(model.id).limit(1)) is not None:
-            raise ValueError(f"数据库中已有{what}，演示数据只能装入空数据库。")
+            raise DemoRefused(Problem("demo_not_empty", {"what": what, "students": model is Student}))
     rng = random.Random(seed)
     report = DemoReport()
     report.semesters = _insert_calendar(session, today)
     cal = load_calendar(session)
     staff, classes, pupils = _insert_roster(session, rng, report)
-    writer = _Writer(catalogue, cal, today)
+    writer = _Writer(catalogue, cal, today, tz)
     _history(writer, rng, cal, today, staff, classes, pupils)
     writer.write(session, report)
     session.add(AuditLog(
@@ -359,7 +281,7 @@ def _insert_roster(session: Session, rng: random.Random, report: DemoReport,
     classes = [
         SchoolClass(code=code, name=name, department_id=departments[dept].id, grade=2000 + int(code[-4:-2]),
                     head_teacher_id=staff[head].id, counsellor_id=staff[counsellor].id)
-        for code, name, dept, _major, head, counsellor in _CLASSES
+        for code, name, dept, _major, head, counsellor in CLASSES
     ]
     session.add_all(classes)
     session.flush()
@@ -371,7 +293,7 @@ def _insert_roster(session: Session, rng: random.Random, report: DemoReport,
 
     taken = {name for _no, name, *_rest in _STAFF} | {name for *_x, name, _u in _FIXED_STUDENTS}
     pupils: list[_Pupil] = []
-    for (code, _name, _dept, major, *_people), klass in zip(_CLASSES, classes, strict=True):
+    for (code, _name, _dept, major, *_people), klass in zip(CLASSES, classes, strict=True):
         size = rng.randint(38, 42)
         fixed = {seq: (name, userid) for c, seq, name, userid in _FIXED_STUDENTS if c == code}
         names = iter(_student_names(rng, size - len(fixed), taken))
@@ -406,7 +328,7 @@ def _history(w: _Writer, rng: random.Random, cal: Calendar, today: date, staff: 
     """Plan every entry of the demo history (nothing after `today`)."""
     term = cal.term_for(today)
     by_id = {s.id: s for s in staff.values()}
-    dept_name = {c.department_id: dept for c, (_c, _n, dept, *_r) in zip(classes, _CLASSES, strict=True)}
+    dept_name = {c.department_id: dept for c, (_c, _n, dept, *_r) in zip(classes, CLASSES, strict=True)}
     office = {c.id: staff[_DEPT_STAFF[dept_name[c.department_id]][0]] for c in classes}
     research = {c.id: staff[_DEPT_STAFF[dept_name[c.department_id]][1]] for c in classes}
     head = {c.id: by_id[c.head_teacher_id] for c in classes}
@@ -526,64 +448,3 @@ def _semester_end(w: _Writer, rng: random.Random, t: Term, end_day: date, pe: St
               student_id=sid)
         w.add(pe, "B08", end_day - timedelta(days=7), round(min(98.0, max(55.0, rng.gauss(80, 8))), 1),
               time(11, 0), student_id=sid)
-
-def _role_text(roles: set[str]) -> str:
-    return "、".join(r for r in ROLES if r in roles)
-
-
-def _classes_text(codes: list[str]) -> str:
-    return "、".join(codes) if len(codes) <= 3 else f"{codes[0]}等{len(codes)}个班"
-
-
-def demo_people(session: Session) -> list[tuple[str, str, str]]:
-    """(userid, name, "角色 · scope") for `/who`: every staff member, then about six students."""
-    classes = session.scalars(select(SchoolClass).order_by(SchoolClass.code)).all()
-    code_of = {c.id: c.code for c in classes}
-    demo_order = {code: i for i, (code, *_rest) in enumerate(_CLASSES)}
-    order = {c.code: i for i, c in enumerate(sorted(classes, key=lambda c: (demo_order.get(c.code, 99), c.code)))}
-    dept_names = {d.id: d.name for d in session.scalars(select(Department))}
-    heads = {d.head_staff_no: d.id for d in session.scalars(select(Department)) if d.head_staff_no}
-    taught: dict[int, set[str]] = {}
-    for staff_id, class_id in session.execute(
-            select(TeachingAssignment.staff_id, TeachingAssignment.class_id)):
-        taught.setdefault(staff_id, set()).add(code_of[class_id])
-    out: list[tuple[str, str, str]] = []
-    for s in session.scalars(select(Staff).order_by(Staff.staff_no)):
-        roles = set(s.role_set)
-        mine = {code_of[c.id] for c in classes if s.id in (c.head_teacher_id, c.counsellor_id)}
-        if any(c.head_teacher_id == s.id for c in classes):
-            roles.add("班主任")
-        if any(c.counsellor_id == s.id for c in classes):
-            roles.add("辅导员")
-        if s.staff_no in heads:
-            roles.add("系部主任")
-        dept = dept_names.get(s.department_id or heads.get(s.staff_no, -1))
-        if roles & {"院领导", "管理员"}:
-            scope = "全院"
-        elif roles & {"学工办", "教研室", "系部主任"} and dept:
-            scope = dept
-        else:
-            codes = sorted(mine | taught.get(s.id, set()), key=lambda c: order.get(c, 99))
-            scope = _classes_text(codes) if codes else (dept or "")
-        out.append((s.wecom_userid or s.staff_no, s.name, f"{_role_text(roles) or '教职工'} · {scope}"))
-
-    # Students: the documented ones first, then one per class, alternating departments.
-    picked = list(session.scalars(
-        select(Student).where(Student.wecom_userid.in_(("zhangsan", "lisi"))).order_by(Student.student_no)))
-    dup_class = session.scalar(select(SchoolClass.id).where(SchoolClass.code == _CLASSES[0][0]))
-    picked += session.scalars(select(Student).where(
-        Student.name == DUPLICATE_NAME, Student.class_id == dup_class).order_by(Student.student_no)).all()
-    seen_classes = {p.class_id for p in picked}
-    per_dept = Counter(c.department_id for c in classes if c.id in seen_classes)
-    rest = [c for c in classes if c.id not in seen_classes]
-    while len(picked) < 6 and rest:
-        rest.sort(key=lambda c: (per_dept[c.department_id], order.get(c.code, 99)))
-        klass = rest.pop(0)
-        first = session.scalar(select(Student).where(Student.class_id == klass.id)
-                               .order_by(Student.student_no).limit(1))
-        if first is not None:
-            picked.append(first)
-            per_dept[klass.department_id] += 1
-    out += [(p.wecom_userid or p.student_no, p.name, f"学生 · {code_of.get(p.class_id, '')}") for p in picked]
-    return out
-
