@@ -1,14 +1,10 @@
-"""Prometheus metrics (`GET /metrics`): what processes count, and what is read from the database
-and Redis when the metrics are scraped.
+"""Prometheus metrics (`GET /metrics`): what processes counted (core/metrics.py), and what is read
+from the database and Redis when the metrics are scraped.
 
 Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker starts, so every
 worker writes its counts to files there and a scrape, whichever worker answers it, sums them all
 (prometheus-client's multiprocess mode). Without it (`serve`, the console, tests) a process counts
 in its own registry.
-
-Delivery runs in the scheduler process (another container, maybe another host), so its errors are
-counted in Redis (a hash, shared by every process), and in the process itself only when Redis is
-not configured or does not answer.
 
 Labels carry channels, outcomes, states, error codes and job ids: never a person or a text.
 """
@@ -16,77 +12,31 @@ Labels carry channels, outcomes, states, error codes and job ids: never a person
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import redis
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.config import Settings
+from core.metrics import DELIVERY_ERRORS_KEY, local_delivery_errors, redis_client
 from models.schema import JobRun, OutboxMessage
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 OUTBOX_STATES = ("pending", "sending", "inflight", "sent", "failed")
 WAITING_STATES = ("pending", "sending", "inflight")  # not yet with the person
-DELIVERY_ERRORS_KEY = "czk:metrics:delivery_errors"
-OUTCOMES = ("ok", "refused", "bad-input", "error", "duplicate")
-
-CALLBACK_SECONDS = Histogram(
-    "czk_callback_duration_seconds", "Time to answer a chat callback (WeChat allows 5 s), by channel",
-    ["channel"], buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0))
-MESSAGES = Counter("czk_messages", "Inbound chat messages handled, by channel and outcome", ["channel", "outcome"])
-
-_local_errors: Tally[str] = Tally()  # delivery errors counted here when Redis is not there
-_local_lock = threading.Lock()
-_clients: dict[str, redis.Redis] = {}
 
 
-def multiprocess_mode() -> bool:
+def multiprocess_mode(settings: Settings) -> bool:
     """True under gunicorn (gunicorn.conf.py): counts live in files shared by the workers."""
-    return bool(os.environ.get(MULTIPROC_DIR))
-
-
-def message_handled(channel: str, outcome: str) -> None:
-    """Count one inbound message by channel and outcome (one of OUTCOMES)."""
-    MESSAGES.labels(channel=channel, outcome=outcome).inc()
-
-
-def callback_answered(channel: str, seconds: float) -> None:
-    """Observe how long a callback of `channel` took to answer."""
-    CALLBACK_SECONDS.labels(channel=channel).observe(seconds)
-
-
-def _redis(url: str | None) -> redis.Redis | None:
-    if not url:
-        return None
-    client = _clients.get(url)
-    if client is None:
-        client = _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.5)
-    return client
-
-
-def delivery_error(redis_url: str | None, errcode: int | str | None) -> None:
-    """Count one failed WeCom call by its errcode ("none": no answer, a time-out or an HTTP error)."""
-    code = "none" if errcode is None else str(errcode)
-    client = _redis(redis_url)
-    if client is not None:
-        try:
-            client.hincrby(DELIVERY_ERRORS_KEY, code, 1)
-            return
-        except redis.RedisError as exc:
-            log.warning("Redis unavailable for the delivery error count (%s); counting in this process",
-                        type(exc).__name__)
-    with _local_lock:
-        _local_errors[code] += 1
+    return bool(settings.prometheus_multiproc_dir)
 
 
 def _epoch(value: datetime | None, tz: ZoneInfo) -> float | None:
@@ -146,9 +96,8 @@ class StateCollector(Collector):
         family = CounterMetricFamily("czk_delivery_errors", "Failed WeCom calls of the outbox delivery, by errcode "
                                      "(none: no answer)", labels=["errcode"])
         totals: Tally[str] = Tally()
-        with _local_lock:
-            totals.update(_local_errors)
-        client = _redis(self.service.settings.redis_url)
+        totals.update(local_delivery_errors())
+        client = redis_client(self.service.settings.redis_url)
         if client is not None:
             try:
                 totals.update({k.decode(): int(v) for k, v in client.hgetall(DELIVERY_ERRORS_KEY).items()})
@@ -162,7 +111,7 @@ class StateCollector(Collector):
 def exposition(service) -> bytes:  # noqa: ANN001
     """The Prometheus text of every metric: this process's or all workers' counts, then the state read
     from the database and Redis."""
-    if multiprocess_mode():
+    if multiprocess_mode(service.settings):
         from prometheus_client import multiprocess
 
         counted = CollectorRegistry()

@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import load_dotenv
 
+from core.schedules import (
+    CycleSettings,
+    ReminderSettings,
+    cycle_settings,
+    default_schedules,
+    job_schedules,
+    reminder_settings,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_WECOM_API = "https://qyapi.weixin.qq.com/cgi-bin/"
 
 log = logging.getLogger(__name__)
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class Settings:
     mp_token: str | None = None
     mp_aes_key: str | None = None
     mp_api_base: str | None = None
+    mp_template_weekly: str | None = None  # template id of the weekly card (unset: customer-service messages)
+    mp_template_notice: str | None = None  # template id of other pushes
+    bind_code_days: int = 7  # days a binding code stays valid
+    page_link_hours: int = 72  # validity of a page link in a message
+    page_session_hours: int = 12  # validity of a page session
+    export_link_hours: int = 24  # validity of an `导出` link
     catalogue_path: Path = field(default=ROOT / "models" / "catalogue.toml")
     roster_cache_seconds: float = 30.0
     outbox_claim_seconds: float = 120.0  # a claimed outbox row not finished within this is taken up again
@@ -51,6 +62,16 @@ class Settings:
     # WARNING_ESCALATE_AFTER_DAYS / WARNING_WEEKLY_CAP as given: they override the rules file's [policy]
     risk_policy_overrides: dict[str, str] = field(default_factory=dict)
     production: bool = False
+    # The scheduler (scheduler/runner.py): its lease, how often it flushes the outbox and beats.
+    scheduler_lease_seconds: int = 30
+    outbox_flush_seconds: int = 60
+    scheduler_heartbeat_seconds: int = 300
+    # When each job runs (job id → cron fields) and on which days the reminder and plan-cycle jobs act.
+    schedules: dict[str, dict[str, str]] = field(default_factory=default_schedules)
+    reminders: ReminderSettings = field(default_factory=ReminderSettings)
+    cycle: CycleSettings = field(default_factory=CycleSettings)
+    # Set under gunicorn (gunicorn.conf.py): every worker's metrics counted in files there.
+    prometheus_multiproc_dir: str | None = None
 
     @property
     def wecom_enabled(self) -> bool:
@@ -74,9 +95,31 @@ def _development_secret() -> str:
     return path.read_text().strip()
 
 
-def load_settings(overrides: dict | None = None) -> Settings:
-    """Read the environment (and `.env`) into a `Settings`; `overrides` win."""
-    load_dotenv(ROOT / ".env", override=False)
+def _whole(name: str, text: str, unit: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name}={text!r}: expected a whole number of {unit}, at least 1")
+    return int(text)
+
+
+def load_settings(overrides: dict | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the environment (and `.env`) into a `Settings`, once; `overrides` win. With `environ`,
+    read that mapping instead (and no `.env`). A malformed value raises ValueError naming its variable."""
+    if environ is None:
+        load_dotenv(ROOT / ".env", override=False)
+        environ = os.environ
+
+    def _env(name: str, default: str | None = None) -> str | None:
+        value = environ.get(name)
+        return value if value not in (None, "") else default
+
+    def stripped(name: str) -> str | None:
+        value = (environ.get(name) or "").strip()
+        return value or None
+
+    def seconds(name: str, default: int) -> int:  # as before: anything but digits is the default
+        value = environ.get(name, "")
+        return int(value) if value.isdigit() else default
+
     production = _env("APP_ENV", "development") == "production"
     secret = _env("SECRET_KEY")
     if secret is None:
@@ -100,8 +143,21 @@ def load_settings(overrides: dict | None = None) -> Settings:
         mp_token=_env("MP_TOKEN"),
         mp_aes_key=_env("MP_AES_KEY"),
         mp_api_base=_env("MP_API_BASE"),
+        mp_template_weekly=_env("MP_TEMPLATE_WEEKLY"),
+        mp_template_notice=_env("MP_TEMPLATE_NOTICE"),
+        bind_code_days=_whole("BIND_CODE_DAYS", stripped("BIND_CODE_DAYS") or "7", "days"),
+        page_link_hours=_whole("PAGE_LINK_HOURS", stripped("PAGE_LINK_HOURS") or "72", "hours"),
+        page_session_hours=_whole("PAGE_SESSION_HOURS", stripped("PAGE_SESSION_HOURS") or "12", "hours"),
+        export_link_hours=_whole("EXPORT_LINK_HOURS", stripped("EXPORT_LINK_HOURS") or "24", "hours"),
         metrics_token=_env("METRICS_TOKEN"),
         production=production,
+        scheduler_lease_seconds=seconds("SCHEDULER_LEASE_SECONDS", 30),
+        outbox_flush_seconds=seconds("OUTBOX_FLUSH_SECONDS", 60),
+        scheduler_heartbeat_seconds=seconds("SCHEDULER_HEARTBEAT_SECONDS", 300),
+        schedules=job_schedules(stripped),
+        reminders=reminder_settings(stripped),
+        cycle=cycle_settings(stripped),
+        prometheus_multiproc_dir=_env("PROMETHEUS_MULTIPROC_DIR"),
     )
     if _env("ROSTER_CACHE_SECONDS"):
         values["roster_cache_seconds"] = float(_env("ROSTER_CACHE_SECONDS"))

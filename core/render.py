@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from functools import lru_cache
 
@@ -46,3 +47,82 @@ def render(template: str, /, **context: object) -> str:
     if seen is not None:
         seen.append(template)
     return environment().get_template(template).render(**context).strip()
+
+
+def fit(text: str, limit: int) -> str:
+    """Cut a message to `limit` UTF-8 bytes on a character boundary, ending it with "…" when cut."""
+    return cut_to_bytes(text, limit, "…")
+
+
+# ── messages within a byte limit (the channel's: WeCom's is wechat.wecom_api.MAX_TEXT_BYTES) ──
+
+def utf8_size(text: str) -> int:
+    """The size of `text` in UTF-8 bytes, what message limits count."""
+    return len(text.encode("utf-8"))
+
+
+def cut_to_bytes(text: str, limit: int, tail: str = "") -> str:
+    """`text` if it fits in `limit` UTF-8 bytes, else its longest start (whole characters) that
+    fits with `tail` after it."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit - utf8_size(tail)].decode("utf-8", errors="ignore") + tail
+
+
+def fit_items(template: str, items: Sequence[object], limit: int, /, *, at_least: int = 0, tail: str = "",
+              **context: object) -> str:
+    """A template of a list (it renders `items` and says how many `more` were left out) within
+    `limit` bytes: with as many items as fit, at least `at_least`, cut (ending with `tail`) if even
+    those do not fit. One item fewer is always shorter, so the most that fit are found by halving."""
+    def attempt(n: int) -> str:
+        return render(template, items=list(items[:n]), more=len(items) - n, **context)
+
+    body = attempt(len(items))
+    if utf8_size(body) <= limit or len(items) <= at_least:
+        return cut_to_bytes(body, limit, tail)
+    low, high = at_least, len(items) - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if utf8_size(attempt(mid)) <= limit else (low, mid - 1)
+    return cut_to_bytes(attempt(low), limit, tail)
+
+
+def _cut(text: str, limit: int, tail_template: str | None) -> str:
+    """`text` cut to `limit` bytes, ending with a line `tail_template` renders (rendered only when cut)."""
+    if utf8_size(text) <= limit:
+        return text
+    return cut_to_bytes(text, limit, "\n" + render(tail_template) if tail_template else "")
+
+
+def fit_sections(template: str, sections: Sequence[str], limit: int, tail_template: str | None = None,
+                 /, **context: object) -> str:
+    """A template of sections (it renders `sections`, and says so when `dropped`) as one message
+    within `limit` bytes: with all its sections, else without the last ones, else its first alone, cut."""
+    for n in range(len(sections), 0, -1):
+        body = render(template, sections=list(sections[:n]), dropped=n < len(sections), **context)
+        if utf8_size(body) <= limit:
+            return body
+    return _cut(body, limit, tail_template)
+
+
+def split_sections(template: str, sections: Sequence[str], limit: int, tail_template: str | None = None,
+                   /, **context: object) -> list[str]:
+    """A template of sections as one message within `limit` bytes, else as numbered parts (it shows
+    `part` of `parts`), sections packed greedily in order, each part within `limit` (a part still
+    too long, cut)."""
+    def attempt(chosen: Sequence[str], part: int = 0, parts: int = 0) -> str:
+        return render(template, sections=list(chosen), part=part, parts=parts, **context)
+
+    whole = attempt(sections)
+    if utf8_size(whole) <= limit:
+        return [whole]
+    groups: list[list[str]] = []
+    current: list[str] = []
+    for section in sections:  # labelled with the widest part numbers while packing
+        if current and utf8_size(attempt([*current, section], 9, 9)) > limit:
+            groups.append(current)
+            current = []
+        current.append(section)
+    groups.append(current)
+    return [_cut(attempt(g, i, len(groups)), limit, tail_template) for i, g in enumerate(groups, start=1)]

@@ -2,8 +2,8 @@
 
 The link is `{PUBLIC_BASE_URL}/export/<token>`; the token is signed with SECRET_KEY
 (itsdangerous, salt "export") and carries the class id and the requester. It is valid for
-EXPORT_LINK_HOURS hours (default 24); bot/web.py serves it after checking the signature, its
-age, and that the requester may still export the class.
+EXPORT_LINK_HOURS hours (default 24; `settings.export_link_hours`); bot/web.py serves it after
+checking the signature, its age, and that the requester may still export the class.
 
 Who may export: a 班主任 their own classes, a 系部主任 the classes of their department, a
 院领导 every class. Sensitive points appear only for a viewer allowed to see them (the
@@ -12,16 +12,13 @@ class's 班主任); everyone's totals are the same.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from datetime import date
 
-from dotenv import load_dotenv
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.config import ROOT
+from core.config import Settings
 from core.messages import IncomingMessage, Reply
 from core.render import render
 from handlers.registry import Context, registry
@@ -34,16 +31,9 @@ SALT = "export"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def _link_hours(environ: Mapping[str, str]) -> int:
-    text = (environ.get("EXPORT_LINK_HOURS") or "24").strip()
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"EXPORT_LINK_HOURS={text!r}: expected a whole number of hours, at least 1")
-    return int(text)
-
-
-load_dotenv(ROOT / ".env", override=False)
-LINK_HOURS = _link_hours(os.environ)
-LINK_MAX_AGE = LINK_HOURS * 3600
+def link_max_age(settings: Settings) -> int:
+    """How long an export link stays valid, in seconds (EXPORT_LINK_HOURS)."""
+    return settings.export_link_hours * 3600
 
 
 def serializer(secret_key: str) -> URLSafeTimedSerializer:
@@ -56,7 +46,7 @@ def sign_export(secret_key: str, class_id: int, requester: str) -> str:
     return serializer(secret_key).dumps({"class": class_id, "by": requester})
 
 
-def read_export(secret_key: str, token: str, max_age: int = LINK_MAX_AGE) -> tuple[int, str]:
+def read_export(secret_key: str, token: str, max_age: int) -> tuple[int, str]:
     """(class id, requester) from a token; raises itsdangerous' SignatureExpired or BadData."""
     from itsdangerous import BadPayload  # noqa: PLC0415
 
@@ -83,7 +73,7 @@ def export_filename(klass: SchoolClass, today: date) -> str:
 def export_workbook(session: Session, catalogue: Catalogue, klass: SchoolClass, actor: Actor,
                     today: date) -> bytes:
     """The class's workbook as the requester may see it: the analysis report and the card sheet."""
-    from models.io.excel import report_workbook, workbook_bytes  # noqa: PLC0415  (openpyxl only when used)
+    from handlers.workbooks import report_workbook, workbook_bytes  # noqa: PLC0415  (openpyxl only when used)
 
     wb = report_workbook(session, catalogue, klass, today, sensitive=sees_sensitive(actor, klass.id))
     return workbook_bytes(wb)
@@ -95,7 +85,7 @@ def _find_class(ctx: Context, token: str) -> SchoolClass | None:
 
 
 @registry.command("导出", audience="staff", roles=EXPORT_ROLES,
-                  summary=f"导出 <班级>：班级储值卡工作簿的下载链接（{LINK_HOURS} 小时内有效）")
+                  summary="chat/help/export.txt")
 def export_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Reply with a signed, expiring link to the class's workbook."""
     if not args:
@@ -109,5 +99,5 @@ def export_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     settings = ctx.settings
     token = sign_export(settings.secret_key, klass.id, ctx.actor.userid)
     url = f"{settings.public_base_url.rstrip('/')}/export/{token}"
-    return Reply(render("chat/export_link.txt", name=klass.name, url=url, hours=LINK_HOURS,
+    return Reply(render("chat/export_link.txt", name=klass.name, url=url, hours=settings.export_link_hours,
                         sensitive=sees_sensitive(ctx.actor, klass.id)))

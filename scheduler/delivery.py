@@ -19,13 +19,16 @@ The worker threads only make HTTP calls; the database is worked by the flushing 
 session): it stores a few calls and marks their rows inflight in one commit before handing them
 to the threads, and records the outcomes of the calls that have finished in one commit after.
 A flush claims the due rows a batch at a time (by ascending id) until none is left.
+
+Here the flush (plan the calls, store them, hand them out, record their outcomes); which rows are due
+and how they are claimed in scheduler/outbox_claim.py; what one send is (bundles, payload, rate limits
+per member, back-off, the duplicate check) in scheduler/sending.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import uuid
 from collections import defaultdict, deque
@@ -35,24 +38,20 @@ from datetime import datetime, timedelta
 from typing import TextIO
 
 import redis
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from bot import metrics
+from core import metrics
+from core.render import render
 from models.schema import OutboxCall, OutboxMessage, Staff, Student
 from models.service import Service
-from wechat.wecom_api import DUPLICATE_CHECK_MAX_S, MAX_RECIPIENTS, MAX_TEXT_BYTES, WeComAPI, WeComAPIError
+from scheduler.outbox_claim import claim_due, forget_calls, mark
+from scheduler.sending import DUPLICATE_CHECK_S, MAX_ATTEMPTS, RateLimiter, backoff, groups, payload
+from wechat.wecom_api import MAX_RECIPIENTS, WeComAPI, WeComAPIError
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
-BACKOFF_BASE_S = 30
-BACKOFF_CAP_S = 3600
-PER_MINUTE, PER_HOUR = 30, 1000  # WeCom drops silently what exceeds these, per member
-# What we allow ourselves per member, leaving room for other senders of the same corp.
-OUR_PER_MINUTE, OUR_PER_HOUR = 20, 600
 CLAIM_BATCH = 2000  # rows a flush claims at a time
-SEPARATOR = "\n\n──────\n\n"
 
 
 @dataclass
@@ -67,210 +66,6 @@ class DeliveryReport:
     def summary(self) -> str:
         return (f"sent {self.sent} in {self.calls} calls, printed {self.printed}, "
                 f"deferred {self.deferred}, failed {self.failed}")
-
-
-class RateLimiter:
-    """Messages per member per minute and hour, shared through Redis (or this process).
-
-    Counted in clock minutes and hours, and a message is allowed only while this bucket and the one
-    before hold fewer than the limit together: any 60 s (any hour) spans at most two buckets, so no
-    member gets more than OUR_PER_MINUTE in any 60 s nor OUR_PER_HOUR in any hour, wherever the
-    window starts."""
-
-    def __init__(self, client: redis.Redis | None) -> None:
-        self.client = client
-        self._memory: dict[str, int] = defaultdict(int)
-
-    @staticmethod
-    def _keys(userid: str, now: float) -> tuple[str, str, str, str]:
-        minute, hour = int(now // 60), int(now // 3600)
-        return (f"czk:rl:m:{userid}:{minute}", f"czk:rl:m:{userid}:{minute - 1}",
-                f"czk:rl:h:{userid}:{hour}", f"czk:rl:h:{userid}:{hour - 1}")
-
-    def allow(self, userid: str, now: float | None = None) -> bool:
-        """Count one message to `userid` if it stays under the limits; False means wait."""
-        now = time.time() if now is None else now
-        minute, last_minute, hour, last_hour = self._keys(userid, now)
-        if self.client is not None:
-            try:
-                pipe = self.client.pipeline()
-                pipe.incr(minute)
-                pipe.expire(minute, 180)
-                pipe.get(last_minute)
-                pipe.incr(hour)
-                pipe.expire(hour, 3 * 3600)
-                pipe.get(last_hour)
-                m, _, pm, h, _, ph = pipe.execute()
-                if m + int(pm or 0) > OUR_PER_MINUTE or h + int(ph or 0) > OUR_PER_HOUR:
-                    self.client.decr(minute)
-                    self.client.decr(hour)
-                    return False
-                return True
-            except redis.RedisError as exc:
-                log.warning("Redis unavailable for rate limits (%s); counting in this process", exc)
-        mem = self._memory
-        if mem[minute] + mem[last_minute] >= OUR_PER_MINUTE or mem[hour] + mem[last_hour] >= OUR_PER_HOUR:
-            return False
-        mem[minute] += 1
-        mem[hour] += 1
-        return True
-
-    @staticmethod
-    def retry_after(now: datetime) -> datetime:
-        """When a member held back now may get a message: once this minute is the one before."""
-        ts = now.timestamp()
-        return now + timedelta(seconds=60 * (int(ts // 60) + 2) - ts)
-
-
-def utf8_len(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-def bundle(rows: list[OutboxMessage], limit: int = MAX_TEXT_BYTES) -> list[tuple[str, list[OutboxMessage]]]:
-    """Join one person's due text messages into as few messages as fit the size limit."""
-    out: list[tuple[str, list[OutboxMessage]]] = []
-    current: list[OutboxMessage] = []
-    text = ""
-    for row in rows:
-        candidate = row.body if not current else text + SEPARATOR + row.body
-        if current and utf8_len(candidate) > limit:
-            out.append((text, current))
-            current, text = [row], row.body
-        else:
-            current.append(row)
-            text = candidate
-    if current:
-        out.append((text, current))
-    return out
-
-
-def _groups(rows: list[OutboxMessage]) -> list[tuple[str, list[OutboxMessage]]]:
-    """One person's due rows as messages: text and markdown bundled by type, text cards one each."""
-    out: list[tuple[str, list[OutboxMessage]]] = []
-    for msgtype in ("text", "markdown"):
-        same = [r for r in rows if r.msgtype == msgtype]
-        out += bundle(same) if same else []
-    out += [(r.body, [r]) for r in rows if r.msgtype not in ("text", "markdown")]
-    return out
-
-
-def _payload(msgtype: str, content: str, title: str | None, url: str | None) -> dict:
-    """The message/send body for one message type (recipients and agent added by the caller)."""
-    if msgtype == "textcard":
-        return {"msgtype": "textcard", "textcard": {"title": title or "", "description": content,
-                                                     "url": url or "", "btntxt": "详情"}}
-    return {"msgtype": msgtype, msgtype: {"content": content}}
-
-
-def backoff(attempts: int) -> timedelta:
-    """Exponential back-off with jitter: 30 s, 60 s, 120 s … capped at an hour."""
-    base = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=base * random.uniform(0.5, 1.5))
-
-
-# WeCom's duplicate check (message/send `enable_duplicate_check`): a message whose content a
-# person already received within this many seconds is not delivered to them again. Its maximum,
-# four hours, because a call whose outcome is unknown is made again once its claim lapses
-# (OUTBOX_CLAIM_SECONDS, two minutes, plus the next flush a minute later), after its back-off
-# (at most about 1.6 hours over all attempts), or when a standby scheduler takes over a dead one;
-# four hours covers each of these with room. The price is small: the same words to the same
-# person twice within four hours arrive once, and the outbox's keys (recipient + purpose +
-# period) and bundling make such a twin rare.
-DUPLICATE_CHECK_S = DUPLICATE_CHECK_MAX_S
-# An unknown call is made again only while well inside that window; later, WeCom could no longer
-# recognise a twin, so its rows are flagged for the 管理员 (`outbox retry` sends them again).
-RESEND_WITHIN_S = DUPLICATE_CHECK_S - 600
-KEEP_CALLS_S = 2 * 86400  # a stored call no row waits for is pruned after this
-TOO_LATE = "投递中断超过 4 小时：企业微信是否已收到无法确定；为避免重复未自动重发（可用 outbox retry 重发）"
-
-
-@dataclass
-class _Claim:
-    """What one flush took: fresh rows to bundle, and unknown calls (ref → rows) to make again."""
-
-    fresh: list[OutboxMessage]
-    resend: dict[str, tuple[dict, list[OutboxMessage]]]
-    taken: int = 0  # rows selected (some may have been flagged too late rather than claimed)
-    last_id: int = 0  # the highest id selected: the next batch starts after it
-
-
-def _due(now: datetime, unknown_calls: bool) -> object:
-    due = or_(
-        (OutboxMessage.status == "pending")
-        & (OutboxMessage.next_attempt_at.is_(None) | (OutboxMessage.next_attempt_at <= now)),
-        (OutboxMessage.status == "sending") & (OutboxMessage.claimed_until < now),
-    )
-    if unknown_calls:
-        # A call was under way when its process died, or its answer never came.
-        due = or_(due, (OutboxMessage.status == "inflight") & (OutboxMessage.claimed_until < now))
-    return due
-
-
-def _claim(session: Session, now: datetime, limit: int, claim_s: float, token: str,
-           recipients: set[str] | None, unknown_calls: bool, after: int = 0) -> _Claim:
-    """Take what is due for this flush (committed), up to `limit` rows with ids above `after`: fresh
-    rows under `token`, unknown calls under their ref."""
-    query = select(OutboxMessage).where(_due(now, unknown_calls), OutboxMessage.id > after)
-    if recipients is not None:
-        query = query.where(OutboxMessage.recipient.in_(sorted(recipients)))
-    query = query.order_by(OutboxMessage.id).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = list(session.scalars(query))
-    until = now + timedelta(seconds=claim_s)
-    unknown: dict[str, list[OutboxMessage]] = defaultdict(list)
-    for row in rows:
-        if row.status == "inflight" and row.delivery_ref:
-            unknown[row.delivery_ref].append(row)
-    calls = {c.ref: c for c in session.scalars(select(OutboxCall).where(OutboxCall.ref.in_(sorted(unknown))))} \
-        if unknown else {}
-    resend: dict[str, tuple[dict, list[OutboxMessage]]] = {}
-    late: list[OutboxMessage] = []
-    fresh: list[OutboxMessage] = []
-    for row in rows:
-        call = calls.get(row.delivery_ref or "") if row.status == "inflight" else None
-        if call is not None and _aware(call.created_at, now) < now - timedelta(seconds=RESEND_WITHIN_S):
-            late.append(row)
-        elif call is not None:
-            row.claimed_until = until  # stays inflight under its call's ref
-            resend.setdefault(call.ref, (json.loads(call.payload), []))[1].append(row)
-        else:  # pending, a lapsed claim, or an inflight row whose call was not stored (older versions)
-            row.status, row.claimed_until, row.delivery_ref = "sending", until, token
-            fresh.append(row)
-    for row in late:
-        row.status, row.claimed_until, row.last_error = "failed", None, TOO_LATE
-    if late:
-        _forget_calls(session, {r.delivery_ref for r in late if r.delivery_ref})
-    if unknown_calls:  # a WeCom flush prunes what no row waits for (a console one has no calls)
-        session.execute(delete(OutboxCall).where(
-            OutboxCall.created_at < now - timedelta(seconds=KEEP_CALLS_S),
-            ~OutboxCall.ref.in_(select(OutboxMessage.delivery_ref).where(OutboxMessage.status == "inflight")
-                                .where(OutboxMessage.delivery_ref.is_not(None)))))
-    session.commit()
-    if late:
-        log.warning("outbox: %d rows of calls older than the duplicate check flagged, not re-sent", len(late))
-    return _Claim(fresh, resend, len(rows), max((r.id for r in rows), default=after))
-
-
-def _aware(value: datetime, like: datetime) -> datetime:
-    """SQLite gives back naive times (stored in the service's time zone)."""
-    return value.replace(tzinfo=like.tzinfo) if value.tzinfo is None and like.tzinfo is not None else value
-
-
-def _forget_calls(session: Session, refs: set[str]) -> None:
-    """Drop stored calls no inflight row waits for any more (in the caller's transaction)."""
-    if not refs:
-        return
-    waiting = select(OutboxMessage.id).where(OutboxMessage.status == "inflight",
-                                             OutboxMessage.delivery_ref == OutboxCall.ref)
-    session.execute(delete(OutboxCall).where(OutboxCall.ref.in_(sorted(refs)), ~waiting.exists()))
-
-
-def _mark(session: Session, rows: list[OutboxMessage], commit: bool = True, **values: object) -> None:
-    session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(**values)
-                    .execution_options(synchronize_session=False))  # the loaded rows are not read again
-    if commit:
-        session.commit()
 
 
 def _names(session: Session, userids: set[str]) -> dict[str, str]:
@@ -341,7 +136,7 @@ class Deliverer:
             try:
                 after = 0
                 while not self._enough():
-                    claim = _claim(session, self._current(), limit, self.claim_s, self.token, recipients,
+                    claim = claim_due(session, self._current(), limit, self.claim_s, self.token, recipients,
                                    unknown_calls=self.api is not None, after=after)
                     after = claim.last_id
                     self._open_refs |= set(claim.resend)
@@ -372,10 +167,10 @@ class Deliverer:
             defaultdict(list)
         held: list[OutboxMessage] = []
         for person, mine in by_person.items():
-            for content, group in _groups(mine):
+            for content, group in groups(mine):
                 channel = "console" if self.api is None or group[0].channel == "console" else "wecom"
                 if channel == "console" and self.out is None:
-                    _mark(session, group, commit=False, status="pending", claimed_until=None, delivery_ref=None)
+                    mark(session, group, commit=False, status="pending", claimed_until=None, delivery_ref=None)
                     continue
                 if channel == "wecom" and not self.limiter.allow(person, now.timestamp()):
                     held += group
@@ -383,7 +178,7 @@ class Deliverer:
                 first = group[0]
                 calls[(channel, first.msgtype, content, first.title, first.url)].append((person, group))
         if held:
-            _mark(session, held, commit=False, status="pending", claimed_until=None, delivery_ref=None,
+            mark(session, held, commit=False, status="pending", claimed_until=None, delivery_ref=None,
                   next_attempt_at=RateLimiter.retry_after(now))
             self.report.deferred += len(held)
         session.commit()
@@ -399,10 +194,10 @@ class Deliverer:
                     self._extend(session)
                     self._print(session, content if not title else f"{title}\n{content}", chunk, names)
                     continue
-                payload = dict(_payload(msgtype, content, title, url), touser="|".join(p for p, _g in chunk),
-                               agentid=int(agent) if agent.isdigit() else agent, safe=0,
-                               enable_duplicate_check=1, duplicate_check_interval=DUPLICATE_CHECK_S)
-                out.append(_Call(payload, [r for _p, group in chunk for r in group]))
+                body = dict(payload(msgtype, content, title, url), touser="|".join(p for p, _g in chunk),
+                            agentid=int(agent) if agent.isdigit() else agent, safe=0,
+                            enable_duplicate_check=1, duplicate_check_interval=DUPLICATE_CHECK_S)
+                out.append(_Call(body, [r for _p, group in chunk for r in group]))
         return out
 
     # ── calls in flight ─────────────────────────────────────────────────────
@@ -526,17 +321,17 @@ class Deliverer:
             for row in call.rows:
                 (invalid if row.recipient in refused else sent).append(row)
         if sent:
-            _mark(session, sent, commit=False, status="sent", sent_at=now, claimed_until=None,
+            mark(session, sent, commit=False, status="sent", sent_at=now, claimed_until=None,
                   attempts=OutboxMessage.attempts + 1, last_error=None)
             self.report.sent += len(sent)
         if invalid:
-            _mark(session, invalid, commit=False, status="failed", claimed_until=None,
-                  attempts=OutboxMessage.attempts + 1, last_error="无效的成员账号（invaliduser）")
+            mark(session, invalid, commit=False, status="failed", claimed_until=None,
+                  attempts=OutboxMessage.attempts + 1, last_error=render("errors/delivery_invalid_user.txt"))
             self.report.failed += len(invalid)
             self.report.failures += [f"{r.recipient}: invaliduser" for r in invalid]
         if finished:  # every row of a fresh call is ours and none is inflight now
             session.execute(delete(OutboxCall).where(OutboxCall.ref.in_(sorted(finished))))
-        _forget_calls(session, shared)
+        forget_calls(session, shared)
         session.commit()
 
     def _failed_call(self, session: Session, call: _Call, exc: WeComAPIError, now: datetime) -> bool:
@@ -555,19 +350,19 @@ class Deliverer:
             for row in rows:
                 attempts = row.attempts + 1
                 if attempts >= MAX_ATTEMPTS:
-                    _mark(session, [row], commit=False, status="failed", attempts=attempts, claimed_until=None,
-                          last_error=f"重试 {attempts} 次仍失败：{reason}")
+                    mark(session, [row], commit=False, status="failed", attempts=attempts, claimed_until=None,
+                          last_error=render("errors/delivery_gave_up.txt", attempts=attempts, reason=reason))
                     self.report.failed += 1
                 elif bound:
-                    _mark(session, [row], commit=False, status="inflight", attempts=attempts,
+                    mark(session, [row], commit=False, status="inflight", attempts=attempts,
                           claimed_until=now + delay, last_error=reason)
                     self.report.deferred += 1
                 else:
-                    _mark(session, [row], commit=False, status="pending", attempts=attempts, claimed_until=None,
+                    mark(session, [row], commit=False, status="pending", attempts=attempts, claimed_until=None,
                           next_attempt_at=now + delay, last_error=reason)
                     self.report.deferred += 1
         else:
-            _mark(session, rows, commit=False, status="failed", attempts=OutboxMessage.attempts + 1,
+            mark(session, rows, commit=False, status="failed", attempts=OutboxMessage.attempts + 1,
                   claimed_until=None, last_error=reason)
             self.report.failed += len(rows)
             self.report.failures += [f"{r.recipient}: {reason}" for r in rows]
@@ -596,7 +391,7 @@ class Deliverer:
             else:
                 print(f"→ {names.get(person, person)}（{person}）：\n{content}\n", file=self.out)
             self.out.flush()
-            _mark(session, group, status="sent", sent_at=self._current(), claimed_until=None,
+            mark(session, group, status="sent", sent_at=self._current(), claimed_until=None,
                   delivery_ref="console")
             self.report.printed += len(group)
         self.report.calls += 1

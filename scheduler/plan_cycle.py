@@ -5,7 +5,8 @@ do; the outbox key (recipient + purpose + period) makes a rerun, or the next day
 inside the same window, send nothing twice. One message per person per run: their
 tasks are bundled, and trimmed to WeCom's 2048 bytes.
 
-Dates and times come from the environment, read once here (`CycleSettings.from_env`):
+Dates and times come from the environment, read once by core/config.py (core/schedules.py parses
+them) and passed in through the job's context (`ctx.cycle`; the schedules in `ctx.schedules`):
 
 - `TASK_DEADLINES_CRON`, `PLAN_DOCUMENTS_CRON`, `PLAN_SUBMISSION_CRON`, `PROGRESS_CHECKIN_CRON`,
   `OUTCOME_REVIEW_CRON`: when each job runs, `[DAYS] HH:MM` as the reminders' schedules
@@ -29,17 +30,14 @@ Dates and times come from the environment, read once here (`CycleSettings.from_e
 from __future__ import annotations
 
 import calendar
-import os
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from core.render import render
+from core.schedules import MonthDay
 from models.expected import PLAN_DOCUMENTS, recorder_scopes
 from models.outbox import enqueue
 from models.periods import period_key, week_key
@@ -61,122 +59,11 @@ from models.tasks import (
     supervision_due,
     task_view,
 )
-from scheduler.registry import JobContext, job, parse_schedule
+from scheduler.registry import JobContext, job
 
-MonthDay = tuple[int, int]
-DEFAULT_SCHEDULES = {"task_deadlines": "08:20", "plan_documents": "08:50", "plan_submission": "09:25",
-                     "progress_checkin": "09:35", "outcome_review": "09:50"}
 MESSAGE_LIMIT = 2048  # bytes of a WeCom text message
 CARRY_GRACE_DAYS = 7  # a missed carry-over day is made up within this many days
 NAMES_PER_CLASS = 10
-
-
-# ---------------------------------------------------------------- configuration
-
-
-def _month_day(name: str, text: str) -> MonthDay:
-    m = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
-    try:
-        if m is None:
-            raise ValueError
-        date(2000, int(m[1]), int(m[2]))  # a leap year: 02-29 is allowed
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected MM-DD, e.g. 03-31") from None
-    return int(m[1]), int(m[2])
-
-
-def _months(name: str, text: str) -> tuple[int, ...]:
-    out: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        m = re.fullmatch(r"(\d{1,2})(?:-(\d{1,2}))?", part)
-        if m is None or not 1 <= int(m[1]) <= int(m[2] or m[1]) <= 12:
-            raise ValueError(f"{name}={text!r}: expected months like 5-10 or 3,6,9")
-        out.extend(range(int(m[1]), int(m[2] or m[1]) + 1))
-    return tuple(sorted(set(out)))
-
-
-def _count(name: str, text: str, low: int, high: int) -> int:
-    if not re.fullmatch(r"\d+", text.strip()) or not low <= int(text) <= high:
-        raise ValueError(f"{name}={text!r}: expected a whole number from {low} to {high}")
-    return int(text)
-
-
-@dataclass(frozen=True)
-class CycleSettings:
-    """When the plan-cycle jobs run and act; defaults follow table 9 of the seed."""
-
-    schedules: dict[str, dict[str, str]] = field(default_factory=lambda: {
-        name: parse_schedule(text) for name, text in DEFAULT_SCHEDULES.items()})
-    remind_days_before: int = 3
-    overdue_every_days: int = 7
-    plan_submission_start: MonthDay = (3, 1)
-    plan_review_deadline: MonthDay = (3, 31)
-    plan_last_call_days: int = 4
-    checkin_months: tuple[int, ...] = (5, 6, 7, 8, 9, 10)
-    checkin_day: int = 5
-    outcome_review_start: MonthDay = (1, 5)
-    outcome_last_call: MonthDay = (1, 20)
-    carry_over_on: MonthDay = (1, 31)
-    rectification_due: MonthDay = (6, 30)
-    plan_documents_weeks: int = 4
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> CycleSettings:
-        """Read the variables above; a malformed value is an error naming the variable."""
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else None
-
-        default = cls()
-        values: dict[str, Any] = {}
-        schedules = dict(default.schedules)
-        for job_name in schedules:
-            name = f"{job_name.upper()}_CRON"
-            if (text := get(name)) is not None:
-                try:
-                    schedules[job_name] = parse_schedule(text)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
-        values["schedules"] = schedules
-        counts = {"TASK_REMIND_DAYS_BEFORE": ("remind_days_before", 1, 60),
-                  "TASK_OVERDUE_EVERY_DAYS": ("overdue_every_days", 1, 60),
-                  "PLAN_LAST_CALL_DAYS": ("plan_last_call_days", 0, 27),
-                  "PROGRESS_CHECKIN_DAY": ("checkin_day", 1, 28),
-                  "PLAN_DOCUMENTS_WEEKS": ("plan_documents_weeks", 1, 20)}
-        for name, (attr, low, high) in counts.items():
-            if (text := get(name)) is not None:
-                values[attr] = _count(name, text, low, high)
-        days = {"PLAN_SUBMISSION_START": "plan_submission_start", "PLAN_REVIEW_DEADLINE": "plan_review_deadline",
-                "OUTCOME_REVIEW_START": "outcome_review_start", "OUTCOME_REVIEW_LAST_CALL": "outcome_last_call",
-                "CARRY_OVER_ON": "carry_over_on", "RECTIFICATION_DUE": "rectification_due"}
-        for name, attr in days.items():
-            if (text := get(name)) is not None:
-                values[attr] = _month_day(name, text)
-        if (text := get("PROGRESS_CHECKIN_MONTHS")) is not None:
-            values["checkin_months"] = _months("PROGRESS_CHECKIN_MONTHS", text)
-        settings = cls(**values)
-        if settings.plan_submission_start > settings.plan_review_deadline:
-            raise ValueError("PLAN_SUBMISSION_START must not be after PLAN_REVIEW_DEADLINE")
-        if not settings.outcome_review_start <= settings.outcome_last_call <= settings.carry_over_on:
-            raise ValueError("expected OUTCOME_REVIEW_START <= OUTCOME_REVIEW_LAST_CALL <= CARRY_OVER_ON")
-        return settings
-
-    def cron(self, job_name: str, months: tuple[int, ...] | None = None) -> dict[str, str]:
-        """The job's schedule, limited to `months` unless it names its own."""
-        out = dict(self.schedules[job_name])
-        if months and "month" not in out:
-            out["month"] = ",".join(map(str, months))
-        return out
-
-
-def _load_settings() -> CycleSettings:
-    from dotenv import load_dotenv  # noqa: PLC0415
-
-    load_dotenv(Path(__file__).resolve().parent.parent / ".env", override=False)
-    return CycleSettings.from_env(os.environ)
-
-
-SETTINGS = _load_settings()
 
 
 def on(year: int, md: MonthDay) -> date:
@@ -234,8 +121,7 @@ def _send(ctx: JobContext, sent: Sent, person: Staff, purpose: str, key: str, te
 
 
 @job("task_deadlines", "Remind owners of plan tasks due soon and today; 督办通知 to supervisor and owner when "
-     "overdue, weekly until done",
-     **SETTINGS.cron("task_deadlines"))
+     "overdue, weekly until done")
 def task_deadlines(ctx: JobContext) -> str:
     """Remind owners before and on the due day; 督办通知 for overdue tasks, then weekly.
 
@@ -245,7 +131,7 @@ def task_deadlines(ctx: JobContext) -> str:
     each person the next one `overdue_every_days` after the last one queued to them. The
     outbox key (person + day) keeps a rerun on one day from sending twice.
     """
-    s, today = SETTINGS, ctx.today
+    s, today = ctx.cycle, ctx.today
     soon_day = today + timedelta(days=s.remind_days_before)
     tasks = ctx.session.scalars(select(PlanTask).where(
         PlanTask.status == OPEN, PlanTask.due <= soon_day).order_by(PlanTask.due, PlanTask.id)).all()
@@ -294,7 +180,7 @@ def _document_window(ctx: JobContext, period: str) -> bool:
     if term.term != 1 or not term.contains(ctx.today):
         return False
     if period == "学年初":
-        return ctx.today < term.start + timedelta(weeks=SETTINGS.plan_documents_weeks)
+        return ctx.today < term.start + timedelta(weeks=ctx.cycle.plan_documents_weeks)
     return period == "第一学期中"
 
 
@@ -320,9 +206,7 @@ def _submitted(ctx: JobContext, code: str, key: str) -> set[int]:
     return {sid for sid, value in latest.items() if value >= 1}
 
 
-@job("plan_documents", "Weekly list of students missing 学业计划 / 个人发展规划 (学年初) and 职业生涯规划 "
-     "(term 1) to their recorders",
-     **SETTINGS.cron("plan_documents"))
+@job("plan_documents", "Weekly list of students missing a plan document (学年初 and term 1) to their recorders")
 def plan_documents(ctx: JobContext) -> str:
     """Weekly, in their windows, tell each recorder which students still miss a plan document."""
     points = [ctx.catalogue.by_code[c] for c in PLAN_DOCUMENTS if c in ctx.catalogue.by_code]
@@ -367,12 +251,10 @@ def plan_documents(ctx: JobContext) -> str:
 
 
 @job("plan_submission", "事前 (March): ask owners for annual plans and supervisors to review them by 31 March, "
-     "then a last call",
-     **SETTINGS.cron("plan_submission", _span_months(SETTINGS.plan_submission_start,
-                                                       SETTINGS.plan_review_deadline)))
+     "then a last call", months=lambda c: _span_months(c.plan_submission_start, c.plan_review_deadline))
 def plan_submission(ctx: JobContext) -> str:
     """Ask owners for their annual plans and supervisors to review them by the deadline."""
-    s, today = SETTINGS, ctx.today
+    s, today = ctx.cycle, ctx.today
     cycle = today.year
     start, deadline = on(cycle, s.plan_submission_start), on(cycle, s.plan_review_deadline)
     last_call = max(start, deadline - timedelta(days=s.plan_last_call_days))
@@ -405,10 +287,10 @@ def plan_submission(ctx: JobContext) -> str:
 
 
 @job("progress_checkin", "事中 (May-October): each owner's open tasks, monthly, asking for 进度 #N",
-     **SETTINGS.cron("progress_checkin", SETTINGS.checkin_months))
+     months=lambda c: c.checkin_months)
 def progress_checkin(ctx: JobContext) -> str:
     """Once a month in the 事中 months, send each owner their open tasks and ask for `进度 #N`."""
-    s, today = SETTINGS, ctx.today
+    s, today = ctx.cycle, ctx.today
     if today.month not in s.checkin_months or today.day < s.checkin_day:
         return f"not a check-in day (months {','.join(map(str, s.checkin_months))}, from day {s.checkin_day})"
     tasks = ctx.session.scalars(select(PlanTask).where(
@@ -428,11 +310,10 @@ def progress_checkin(ctx: JobContext) -> str:
 
 @job("outcome_review", "事后 (January): ask owners for 达成度 #N; at the end of January carry unfinished tasks "
      "into the 整改清单",
-     **SETTINGS.cron("outcome_review", _span_months(SETTINGS.outcome_review_start, SETTINGS.carry_over_on,
-                                                     CARRY_GRACE_DAYS)))
+     months=lambda c: _span_months(c.outcome_review_start, c.carry_over_on, CARRY_GRACE_DAYS))
 def outcome_review(ctx: JobContext) -> str:
     """Ask owners for each task's 达成度; at the end of the review, carry unfinished tasks over."""
-    s, today = SETTINGS, ctx.today
+    s, today = ctx.cycle, ctx.today
     cycle = today.year - 1  # 事后 comes in the year after the plan year (次年1月)
     start, last_call = on(today.year, s.outcome_review_start), on(today.year, s.outcome_last_call)
     carry_day = on(today.year, s.carry_over_on)
@@ -456,7 +337,8 @@ def outcome_review(ctx: JobContext) -> str:
 
 def _carry(ctx: JobContext, cycle: int) -> str:
     """The 整改清单: carry unfinished tasks into the next cycle and tell owners and supervisors."""
-    created = carry_over(ctx.session, cycle, on(cycle + 1, SETTINGS.rectification_due))
+    created = carry_over(ctx.session, cycle, on(cycle + 1, ctx.cycle.rectification_due),
+                         note=lambda c, t: render("push/task_carried_note.txt", cycle=c, task=t))
     listed = rectification_list(ctx.session, cycle)
     if not listed:
         return f"{cycle}: every task finished, nothing carried over"

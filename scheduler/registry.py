@@ -1,16 +1,23 @@
-"""Jobs with fixed ids: each is a module-level function run by the scheduler or by `jobs run`."""
+"""Jobs with fixed ids: each is a module-level function run by the scheduler or by `jobs run`.
+
+A job is registered with `@job(id, description)`; when it runs comes from the settings, read once by
+`core.config.load_settings`: the variable and the default of each job id are in
+`core.schedules.JOB_SCHEDULES`. `scheduled_jobs(settings)` gives every job with its schedule, as the
+scheduler (at its start) and `jobs list` use them.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import cached_property
 
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session
 
+from core.config import Settings
+from core.schedules import JOB_SCHEDULES, CycleSettings, ReminderSettings, default_schedules, parse_schedule
 from models.catalogue import Catalogue
 from models.periods import Calendar
 from models.scores import load_calendar
@@ -18,12 +25,23 @@ from models.scores import load_calendar
 
 @dataclass
 class JobContext:
-    """What a job may use: a session (its transaction), the clock it runs at, the catalogue."""
+    """What a job may use: a session (its transaction), the clock it runs at, the catalogue, and
+    the settings of the jobs (the defaults unless the runner passes the service's)."""
 
     session: Session
     now: datetime  # aware, in APP_TIMEZONE; `jobs run --now` sets it
     catalogue: Catalogue
     public_base_url: str
+    schedules: Mapping[str, dict[str, str]] = field(default_factory=default_schedules)
+    reminders: ReminderSettings = field(default_factory=ReminderSettings)
+    cycle: CycleSettings = field(default_factory=CycleSettings)
+    settings: Settings | None = None  # the service's (the early-warning jobs read the rule book's settings)
+
+    @classmethod
+    def of(cls, settings: Settings, session: Session, now: datetime, catalogue: Catalogue) -> JobContext:
+        """A context with the settings' values."""
+        return cls(session=session, now=now, catalogue=catalogue, public_base_url=settings.public_base_url,
+                   schedules=settings.schedules, reminders=settings.reminders, cycle=settings.cycle, settings=settings)
 
     @property
     def today(self) -> date:
@@ -35,58 +53,61 @@ class JobContext:
 
 
 JobFunc = Callable[[JobContext], str]
+Months = Callable[[CycleSettings], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
 class Job:
-    """A job: its fixed id, what it does, when it runs (cron fields in APP_TIMEZONE)."""
+    """A job: its fixed id, what it does, when it runs (cron fields in APP_TIMEZONE; the default
+    schedule until `configured`)."""
 
     name: str
     func: JobFunc
     cron: dict[str, str]
     description: str
+    months: Months | None = None  # runs only in these months, unless its schedule names `month=`
 
     def trigger(self, timezone: str) -> CronTrigger:
+        """The APScheduler trigger of this schedule."""
         return CronTrigger(timezone=timezone, **self.cron)
 
     @property
     def schedule(self) -> str:
+        """The schedule as `jobs list` shows it."""
         fields = ("month", "day", "day_of_week", "hour", "minute")
         return " ".join(f"{f}={self.cron[f]}" for f in fields if f in self.cron)
 
+    def configured(self, settings: Settings) -> Job:
+        """This job with its schedule from `settings`."""
+        return replace(self, cron=_cron(settings.schedules.get(self.name, self.cron), self.months, settings.cycle))
 
-CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
 
-
-def parse_schedule(text: str) -> dict[str, str]:
-    """`fri 15:10` → {"day_of_week": "fri", "hour": "15", "minute": "10"}; checked by APScheduler."""
-    tokens = text.split()
-    if not tokens or not (match := _TIME.match(tokens[-1])):
-        raise ValueError(f"schedule {text!r}: expected '[DAYS] HH:MM', e.g. 'fri 15:10'")
-    hour, minute = int(match.group(1)), int(match.group(2))
-    if hour > 23 or minute > 59:
-        raise ValueError(f"schedule {text!r}: no such time of day")
-    cron = {"hour": str(hour), "minute": str(minute)}
-    for token in tokens[:-1]:
-        name, sep, value = token.partition("=")
-        if not sep:
-            name, value = "day_of_week", token
-        if name not in CRON_FIELDS or not value:
-            raise ValueError(f"schedule {text!r}: unknown cron field {name!r}")
-        cron[name] = value
-    CronTrigger(timezone="UTC", **cron)  # raises ValueError on a bad field value
-    return cron
+def _cron(schedule: dict[str, str], months: Months | None, cycle: CycleSettings) -> dict[str, str]:
+    out = dict(schedule)
+    if months is not None and "month" not in out:
+        out["month"] = ",".join(map(str, months(cycle)))
+    return out
 
 
 JOBS: dict[str, Job] = {}
 
 
-def job(name: str, description: str, **cron: str) -> Callable[[JobFunc], JobFunc]:
-    """Register a job under a fixed id; the function returns a one-line result for `jobs list`."""
+def job(name: str, description: str, months: Months | None = None) -> Callable[[JobFunc], JobFunc]:
+    """Register a job under a fixed id (its schedule's variable and default in
+    core.schedules.JOB_SCHEDULES); the function returns a one-line result for `jobs list`."""
     def register(func: JobFunc) -> JobFunc:
         if name in JOBS:
             raise ValueError(f"job {name} registered twice")
-        JOBS[name] = Job(name, func, cron, description)
+        if name not in JOB_SCHEDULES:
+            raise ValueError(f"job {name} has no schedule in core.schedules.JOB_SCHEDULES")
+        default = _cron(parse_schedule(JOB_SCHEDULES[name][1]), months, CycleSettings())
+        JOBS[name] = Job(name, func, default, description, months)
         return func
     return register
+
+
+def scheduled_jobs(settings: Settings) -> dict[str, Job]:
+    """Every job, with its schedule from `settings`, in the order they were registered."""
+    import scheduler.jobs  # noqa: F401, PLC0415  (registers every job)
+
+    return {name: job.configured(settings) for name, job in JOBS.items()}

@@ -5,7 +5,9 @@ most ONE message (≤ 2048 bytes, the list cut with "…另有 N 项"), and only
 something missing. Each message is keyed by recipient + job + occasion in the outbox, so a job
 run twice for the same period queues once.
 
-Schedules and offsets are configurable by environment variable, read once at import:
+Schedules and offsets are configurable by environment variable, read once by core/config.py
+(core/schedules.py parses them) and passed in through the job's context (`ctx.schedules`,
+`ctx.reminders`):
 
 | variable | default | meaning |
 |---|---|---|
@@ -35,92 +37,20 @@ fields as `field=value` (`day=1`, `month=3`); e.g. `fri 15:10`, `16:10`, `day=1 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 from apscheduler.triggers.cron import CronTrigger
-from dotenv import load_dotenv
 from sqlalchemy import select
 
-from core.config import ROOT
-from core.render import render
+from core.render import fit_items
 from models.catalogue import Catalogue
 from models.expected import Missing, expected_points, missing_entries
 from models.outbox import enqueue
 from models.periods import Calendar, Term, month_bounds, period_key, week_bounds, week_key
 from models.schema import Staff
-from scheduler.registry import JobContext, job, parse_schedule
-
-MAX_BYTES = 2048  # WeCom text message limit, UTF-8
-
-DEFAULT_SCHEDULES = {
-    "weekend_reminders": ("REMINDER_WEEKEND_CRON", "fri 15:10"),
-    "month_end_reminders": ("REMINDER_MONTH_END_CRON", "16:10"),
-    "semester_end_reminders": ("REMINDER_SEMESTER_END_CRON", "10:10"),
-    "year_start_reminders": ("REMINDER_YEAR_START_CRON", "mon 08:10"),
-    "first_semester_reminders": ("REMINDER_FIRST_SEMESTER_CRON", "09:20"),
-    "graduation_reminders": ("REMINDER_GRADUATION_CRON", "day=1 09:40"),
-    "session_point_summary": ("REMINDER_SESSION_SUMMARY_CRON", "fri 16:40"),
-}
-
-
-def _days(text: str, name: str) -> tuple[int, ...]:
-    try:
-        days = tuple(sorted({int(x) for x in text.replace("，", ",").split(",") if x.strip()}, reverse=True))
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected whole days such as '17,3'") from None
-    if not days or min(days) < 0:
-        raise ValueError(f"{name}={text!r}: expected whole days such as '17,3'")
-    return days
-
-
-def _number(text: str, name: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a whole number") from None
-    if value < minimum:
-        raise ValueError(f"{name}={text!r}: must be at least {minimum}")
-    return value
-
-
-@dataclass(frozen=True)
-class ReminderSettings:
-    """When the reminder jobs run and on which days they act."""
-
-    schedules: dict[str, dict[str, str]] = field(default_factory=dict)
-    month_end_days: int = 3
-    semester_end_days: tuple[int, ...] = (17, 3)
-    year_start_weeks: int = 4
-    first_semester_days: tuple[int, ...] = (7, 0)
-
-
-def load_reminder_settings(environ: Mapping[str, str]) -> ReminderSettings:
-    """Read the REMINDER_* variables (defaults where unset); a bad value raises ValueError naming it."""
-    def get(name: str, default: str) -> str:
-        value = environ.get(name)
-        return value.strip() if value and value.strip() else default
-
-    schedules = {}
-    for job_name, (var, default) in DEFAULT_SCHEDULES.items():
-        try:
-            schedules[job_name] = parse_schedule(get(var, default))
-        except ValueError as exc:
-            raise ValueError(f"{var}: {exc}") from None
-    return ReminderSettings(
-        schedules=schedules,
-        month_end_days=_number(get("REMINDER_MONTH_END_DAYS", "3"), "REMINDER_MONTH_END_DAYS", 0),
-        semester_end_days=_days(get("REMINDER_SEMESTER_END_DAYS", "17,3"), "REMINDER_SEMESTER_END_DAYS"),
-        year_start_weeks=_number(get("REMINDER_YEAR_START_WEEKS", "4"), "REMINDER_YEAR_START_WEEKS", 1),
-        first_semester_days=_days(get("REMINDER_FIRST_SEMESTER_DAYS", "7,0"), "REMINDER_FIRST_SEMESTER_DAYS"),
-    )
-
-
-load_dotenv(ROOT / ".env", override=False)
-SETTINGS = load_reminder_settings(os.environ)
-
+from scheduler.registry import JobContext, job
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 # ── helpers ──────────────────────────────────────────────────────────────────
 
@@ -141,7 +71,7 @@ def scheduled_since(ctx: JobContext, job_name: str, start: date) -> bool:
     day is made up later in the period; a run before that day (a late run of the previous
     period's) does not send this period's early."""
     tz = ctx.now.tzinfo
-    trigger = CronTrigger(timezone=tz, **SETTINGS.schedules[job_name])
+    trigger = CronTrigger(timezone=tz, **ctx.schedules[job_name])
     first = trigger.get_next_fire_time(None, datetime.combine(start, time(0), tz))
     return first is not None and first.date() <= ctx.today
 
@@ -161,10 +91,6 @@ def _merge(catalogue: Catalogue, *results: dict[int, list[Missing]]) -> dict[int
             for s, items in merged.items()}
 
 
-def _fits(text: str) -> bool:
-    return len(text.encode("utf-8")) <= MAX_BYTES
-
-
 def _hint(catalogue: Catalogue, item: Missing) -> dict[str, object]:
     """How to record the first missing item: the point, the class, an example value or the levels."""
     point = catalogue.by_code[item.point_code]
@@ -174,26 +100,9 @@ def _hint(catalogue: Catalogue, item: Missing) -> dict[str, object]:
 
 
 def reminder_body(template: str, catalogue: Catalogue, items: list[Missing], **context: object) -> str:
-    """Render one recorder's message, cutting the list ("…另有 N 项") to stay within 2048 bytes."""
+    """Render one recorder's message, cutting the list ("…另有 N 项") to stay within WeCom's limit."""
     hint = _hint(catalogue, items[0]) if items else None
-
-    def attempt(n: int) -> str:
-        return render(template, items=items[:n], more=len(items) - n, hint=hint, **context)
-
-    body = attempt(len(items))
-    if _fits(body):
-        return body
-    lo, hi = 0, len(items) - 1  # the longest prefix that fits
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _fits(attempt(mid)):
-            lo = mid
-        else:
-            hi = mid - 1
-    body = attempt(lo)
-    if not _fits(body):  # a header longer than the limit: cut on a character boundary
-        body = body.encode("utf-8")[:MAX_BYTES].decode("utf-8", errors="ignore")
-    return body
+    return fit_items(template, items, MAX_TEXT_BYTES, hint=hint, **context)
 
 
 @dataclass
@@ -235,14 +144,9 @@ def _missing(ctx: JobContext, period: str, day: date) -> dict[int, list[Missing]
     return missing_entries(ctx.session, ctx.catalogue, ctx.calendar, period, day, include_complete=True)
 
 
-def _schedule(name: str) -> dict[str, str]:
-    return SETTINGS.schedules[name]
-
-
 # ── jobs ─────────────────────────────────────────────────────────────────────
 
-@job("weekend_reminders", "Remind recorders of this week's missing 周末 points (Friday afternoon)",
-     **_schedule("weekend_reminders"))
+@job("weekend_reminders", "Remind recorders of this week's missing 周末 points (Friday afternoon)")
 def weekend_reminders(ctx: JobContext) -> str:
     """周末 points of the current week, due on its Sunday."""
     start, end = week_bounds(ctx.today)
@@ -256,14 +160,13 @@ def weekend_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("month_end_reminders", "Remind recorders of this month's missing 月末 points, days before month end",
-     **_schedule("month_end_reminders"))
+@job("month_end_reminders", "Remind recorders of this month's missing 月末 points, days before month end")
 def month_end_reminders(ctx: JobContext) -> str:
     """月末 points of this month, from REMINDER_MONTH_END_DAYS before its last day (made up on a
     later day of the month when that day was missed)."""
     start, end = month_bounds(ctx.today)
     key = period_key("月末", ctx.today, ctx.calendar)
-    remind_on = end - timedelta(days=SETTINGS.month_end_days)
+    remind_on = end - timedelta(days=ctx.reminders.month_end_days)
     if ctx.today < remind_on:
         return f"{key}: not due today (reminders on {remind_on.isoformat()})"
     if not in_session(ctx.calendar, start, end):
@@ -273,16 +176,15 @@ def month_end_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("semester_end_reminders", "Remind recorders of missing 学期末 (and 学年末) points before the semester ends",
-     **_schedule("semester_end_reminders"))
+@job("semester_end_reminders", "Remind recorders of missing 学期末 (and 学年末) points before the semester ends")
 def semester_end_reminders(ctx: JobContext) -> str:
     """学期末 points (in the second semester 学年末 too): 17 and 3 days before the term's last day
     (an occasion missed is made up on the next run before the following one)."""
     term = ctx.calendar.term_for(ctx.today)
     days_left = (term.end - ctx.today).days
-    owed = occasion(days_left, SETTINGS.semester_end_days) if term.contains(ctx.today) else None
+    owed = occasion(days_left, ctx.reminders.semester_end_days) if term.contains(ctx.today) else None
     if owed is None:
-        days = "/".join(str(d) for d in SETTINGS.semester_end_days)
+        days = "/".join(str(d) for d in ctx.reminders.semester_end_days)
         return f"{term.key}: not due today (reminders {days} days before {term.end.isoformat()})"
     results = [_missing(ctx, "学期末", ctx.today)]
     year_end = term.term == 2 and bool(expected_points(ctx.catalogue, "学年末"))
@@ -295,14 +197,13 @@ def semester_end_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("year_start_reminders", "Remind 班主任 of missing 学年初 points, weekly in the first weeks of the year",
-     **_schedule("year_start_reminders"))
+@job("year_start_reminders", "Remind 班主任 of missing 学年初 points, weekly in the first weeks of the year")
 def year_start_reminders(ctx: JobContext) -> str:
     """学年初 points, due at the end of the first REMINDER_YEAR_START_WEEKS weeks of the first semester."""
     term = ctx.calendar.term_for(ctx.today)
-    deadline = term.start + timedelta(days=7 * SETTINGS.year_start_weeks - 1)
+    deadline = term.start + timedelta(days=7 * ctx.reminders.year_start_weeks - 1)
     if term.term != 1 or not term.start <= ctx.today <= deadline:
-        return f"{term.year}: not due (学年初 runs in the first {SETTINGS.year_start_weeks} weeks of term 1)"
+        return f"{term.year}: not due (学年初 runs in the first {ctx.reminders.year_start_weeks} weeks of term 1)"
     key = f"{term.year}/{week_key(ctx.today)}"
     if not scheduled_since(ctx, "year_start_reminders", week_bounds(ctx.today)[0]):
         return f"{key}: not due yet this week"
@@ -311,8 +212,7 @@ def year_start_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("first_semester_reminders", "Remind recorders of missing 第一学期中 points before the middle of term 1",
-     **_schedule("first_semester_reminders"))
+@job("first_semester_reminders", "Remind recorders of missing 第一学期中 points before the middle of term 1")
 def first_semester_reminders(ctx: JobContext) -> str:
     """第一学期中 points, due at the midpoint of term 1: a week before it and on the day (a week
     before made up on a later day before the midpoint when missed)."""
@@ -321,9 +221,9 @@ def first_semester_reminders(ctx: JobContext) -> str:
         return f"{term.key}: not due (第一学期中 is in term 1)"
     midpoint = first_semester_midpoint(term)
     days_left = (midpoint - ctx.today).days
-    owed = occasion(days_left, SETTINGS.first_semester_days)
+    owed = occasion(days_left, ctx.reminders.first_semester_days)
     if owed is None:
-        days = "/".join(str(d) for d in SETTINGS.first_semester_days)
+        days = "/".join(str(d) for d in ctx.reminders.first_semester_days)
         return f"{term.key}: not due today (reminders {days} days before {midpoint.isoformat()})"
     key = f"{term.key}/D-{owed}"
     out = send_reminders(ctx, "first_semester_reminders", key, _missing(ctx, "第一学期中", ctx.today),
@@ -331,8 +231,7 @@ def first_semester_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("graduation_reminders", "Remind recorders of missing 毕业前 points of final-year classes, monthly in term 2",
-     **_schedule("graduation_reminders"))
+@job("graduation_reminders", "Remind recorders of missing 毕业前 points of final-year classes, monthly in term 2")
 def graduation_reminders(ctx: JobContext) -> str:
     """毕业前 points of final-year classes, once a month during the last semester before graduation."""
     term = ctx.calendar.term_for(ctx.today)
@@ -346,8 +245,7 @@ def graduation_reminders(ctx: JobContext) -> str:
     return out.line(key)
 
 
-@job("session_point_summary", "Weekly summary to 任课教师 of students without a 每次课前 observation this week",
-     **_schedule("session_point_summary"))
+@job("session_point_summary", "Weekly summary to 任课教师 of students without a 每次课前 observation this week")
 def session_point_summary(ctx: JobContext) -> str:
     """每次课前 points: per class and point, how many students have no observation this week."""
     start, end = week_bounds(ctx.today)

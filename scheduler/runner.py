@@ -18,6 +18,9 @@ process waits as a standby and takes the lease over when it lapses. The lease is
 On SQLite the whole file has one writer: while a job's transaction writes, the renewals wait. A job
 whose writes take longer than the lease therefore loses it (and is rolled back); there, keep
 SCHEDULER_LEASE_SECONDS above the longest job's writing time.
+
+The lease, the outbox flush and the heartbeat intervals (SCHEDULER_LEASE_SECONDS, OUTBOX_FLUSH_SECONDS,
+SCHEDULER_HEARTBEAT_SECONDS) and each job's schedule come from the service's settings.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -40,27 +44,18 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
+from core.render import render
 from models.errors import error_code, log_failure
 from models.schema import JobRun, Lease
 from models.service import Service
-from scheduler.registry import JOBS, JobContext
+from scheduler.registry import JOBS, Job, JobContext, scheduled_jobs
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "scheduler"
-
-
-def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else default
-
-
-LEASE_S = _int_env("SCHEDULER_LEASE_SECONDS", 30)
-OUTBOX_FLUSH_S = _int_env("OUTBOX_FLUSH_SECONDS", 60)
-HEARTBEAT_S = _int_env("SCHEDULER_HEARTBEAT_SECONDS", 300)
 KEEP_RUNS_DAYS = 60
-LEASE_LOST = "lease lost: 调度租约已被接管，本次写入已撤回"
-DIED = "died: 进程中断（接管时关闭）"
+LEASE_LOST = render("errors/job_lease_lost.txt")  # a run's result, as `jobs list` shows it
+DIED = render("errors/job_died.txt")
 # A scheduler's runs carry its holder id (host:pid:hex); `jobs run` runs carry host:pid.
 _SCHEDULER_HOST = re.compile(r".+:\d+:[0-9a-f]{6}")
 
@@ -95,10 +90,12 @@ def _expiry(session: Session, tz: ZoneInfo, seconds: float) -> ColumnElement[dat
     return literal(datetime.now(tz) + timedelta(seconds=seconds), DateTime(timezone=True))
 
 
-def try_lease(service: Service, holder: str, seconds: float = LEASE_S) -> int | None:
+def try_lease(service: Service, holder: str, seconds: float | None = None) -> int | None:
     """Take or renew the scheduler lease in one statement: the generation now held, or None while
     another live process holds it. A takeover (a holder different from the row's) raises the
-    generation; a renewal keeps it."""
+    generation; a renewal keeps it. `seconds`: SCHEDULER_LEASE_SECONDS unless given."""
+    if seconds is None:
+        seconds = service.settings.scheduler_lease_seconds
     with service.sessions() as session:
         generation = session.scalar(
             update(Lease)
@@ -151,9 +148,9 @@ class SchedulerLease:
     """One activation's hold on the lease: its holder id, the generation it took, and when (by this
     process's monotonic clock) a renewal last succeeded. `lost` is set once it must stand down."""
 
-    def __init__(self, service: Service, seconds: float = LEASE_S, holder: str | None = None) -> None:
+    def __init__(self, service: Service, seconds: float | None = None, holder: str | None = None) -> None:
         self.service = service
-        self.seconds = seconds
+        self.seconds = service.settings.scheduler_lease_seconds if seconds is None else seconds
         self.holder = holder or holder_id()
         self.generation: int | None = None
         self.lost = threading.Event()
@@ -216,8 +213,7 @@ def run_job(service: Service, name: str, now: datetime | None = None,
         run = JobRun(job=name, as_of=now, host=host)
         session.add(run)
         session.commit()
-        ctx = JobContext(session=session, now=now, catalogue=service.catalogue,
-                         public_base_url=service.settings.public_base_url)
+        ctx = JobContext.of(service.settings, session, now, service.catalogue)
         try:
             result = job.func(ctx)
             if lease is not None and (generation is None or not lease.fence(session, generation)):
@@ -292,7 +288,8 @@ def scheduler_known_since(session: Session, tz: ZoneInfo) -> datetime | None:
     return _aware(session.scalar(select(func.min(JobRun.as_of)).where(JobRun.job == "heartbeat")), tz)
 
 
-def due_for_catch_up(session: Session, now: datetime, tz: ZoneInfo) -> list[str]:
+def due_for_catch_up(session: Session, now: datetime, tz: ZoneInfo,
+                     jobs: Mapping[str, Job] | None = None) -> list[str]:
     """The jobs that missed their previous fire time, in the order they should have run.
 
     A job is due when its previous fire time (the latest ≤ `now`) is later than its last successful
@@ -303,7 +300,8 @@ def due_for_catch_up(session: Session, now: datetime, tz: ZoneInfo) -> list[str]
     up. A brand-new install therefore starts clean instead of running every job at once, and a job
     whose last run was pruned with old history (KEEP_RUNS_DAYS) is not run again for a fire time
     older than that history: we cannot tell whether it ran. A job that has never run is caught up
-    like any other once its fire time falls after that first start."""
+    like any other once its fire time falls after that first start. `jobs`: with their schedules
+    from the settings (`scheduled_jobs`); the default schedules unless given."""
     import scheduler.jobs  # noqa: F401
 
     since = scheduler_known_since(session, tz)
@@ -312,7 +310,7 @@ def due_for_catch_up(session: Session, now: datetime, tz: ZoneInfo) -> list[str]
     last_ok = {name: _aware(at, tz) for name, at in session.execute(
         select(JobRun.job, func.max(JobRun.as_of)).where(JobRun.status == "ok").group_by(JobRun.job))}
     due: list[tuple[datetime, int, str]] = []
-    for order, job in enumerate(JOBS.values()):
+    for order, job in enumerate((JOBS if jobs is None else jobs).values()):
         fire = previous_fire_time(job.trigger(str(tz)), now)
         if fire is None or fire < since:
             continue
@@ -326,7 +324,7 @@ def catch_up(service: Service, lease: SchedulerLease, stop: threading.Event | No
     """Run now, once each and in order, every job that missed a fire time; stop early if the lease
     is lost or the process is stopping."""
     with service.sessions() as session:
-        due = due_for_catch_up(session, service.now(), service.tz)
+        due = due_for_catch_up(session, service.now(), service.tz, scheduled_jobs(service.settings))
     runs: list[JobRun] = []
     for name in due:
         if not lease.held or (stop is not None and stop.is_set()):
@@ -356,7 +354,8 @@ def _deliver_due(service: Service) -> None:
     evaluated = service.evaluate_queued()
     if evaluated.recordings:
         log.info("early-warning check of %d queued recordings", evaluated.recordings)
-    answered = answer_overview_requests(service.sessions, service.catalogue, service.today())
+    answered = answer_overview_requests(service.sessions, service.catalogue, service.today(), service.tz,
+                                        service.rules())
     if answered:
         log.info("本周概况: %d requests answered", answered)
     report = make_deliverer(service).flush()
@@ -379,20 +378,22 @@ def heartbeat(service: Service, lease: SchedulerLease) -> None:
 def build_scheduler(service: Service, lease: SchedulerLease, since: datetime | None = None) -> BackgroundScheduler:
     """APScheduler with every job (fixed ids, coalesced, one instance, run late rather than skipped),
     fenced by `lease`, plus outbox delivery and the heartbeat. Each job's first run is its first fire
-    time after `since` (when the catch-up began), so a fire time passed during the catch-up runs too."""
-    import scheduler.jobs  # noqa: F401
-
-    tz = service.settings.timezone
+    time after `since` (when the catch-up began), so a fire time passed during the catch-up runs too.
+    Schedules and intervals are the service's settings."""
+    settings = service.settings
+    tz = settings.timezone
     sched = BackgroundScheduler(timezone=tz,
                                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-    for job in JOBS.values():
+    for job in scheduled_jobs(settings).values():
         trigger = job.trigger(tz)
         first = trigger.get_next_fire_time(None, since) if since is not None else None
         sched.add_job(run_job, trigger, args=[service, job.name], kwargs={"lease": lease},
                       id=job.name, name=job.description, replace_existing=True,
                       **({"next_run_time": first} if first is not None else {}))
-    sched.add_job(_flush_outbox, IntervalTrigger(seconds=OUTBOX_FLUSH_S), args=[service], id="outbox_flush")
-    sched.add_job(heartbeat, IntervalTrigger(seconds=HEARTBEAT_S), args=[service, lease], id="heartbeat")
+    sched.add_job(_flush_outbox, IntervalTrigger(seconds=settings.outbox_flush_seconds), args=[service],
+                  id="outbox_flush")
+    sched.add_job(heartbeat, IntervalTrigger(seconds=settings.scheduler_heartbeat_seconds), args=[service, lease],
+                  id="heartbeat")
     return sched
 
 
@@ -465,9 +466,10 @@ class _Activation:
             log.warning("could not release the scheduler lease (%s)", type(exc).__name__)
 
 
-def run_scheduler(service: Service, stop: threading.Event | None = None, lease_seconds: float = LEASE_S) -> None:
+def run_scheduler(service: Service, stop: threading.Event | None = None, lease_seconds: float | None = None) -> None:
     """Wait as a standby until the lease is ours, then be the active scheduler until stopped; after
-    standing down (the lease lost or unrenewable), wait as a standby again."""
+    standing down (the lease lost or unrenewable), wait as a standby again. `lease_seconds`:
+    SCHEDULER_LEASE_SECONDS unless given."""
     stop = stop or threading.Event()
     announced = False
     lease = SchedulerLease(service, lease_seconds)

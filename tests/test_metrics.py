@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot import create_app
-from bot.metrics import delivery_error
+from core.metrics import delivery_error
 from models.outbox import enqueue
 from models.schema import JobRun
 from tests.factories import small_college

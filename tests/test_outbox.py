@@ -15,12 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from bot.service import make_service
 from core.config import ROOT, load_settings
 from models.outbox import enqueue
 from models.schema import OutboxCall, OutboxMessage
-from models.service import Service
-from scheduler.delivery import MAX_TEXT_BYTES, Deliverer, bundle, make_deliverer
+from scheduler.delivery import Deliverer, make_deliverer
+from scheduler.sending import bundle
 from tests.fake_wecom import FakeWeCom
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 TZ = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2025, 11, 21, 15, 10, tzinfo=TZ)
@@ -48,7 +50,7 @@ def service(settings, redis_url):
         import redis
 
         redis.Redis.from_url(redis_url).flushdb()
-    return Service(settings, clock=lambda: NOW)
+    return make_service(settings, clock=lambda: NOW)
 
 
 def queue(service, *items):
@@ -166,7 +168,7 @@ def test_permanent_errors_fail_with_their_reason(service, fake):
 
 
 def test_console_channel_prints_what_it_would_send(clean_db, db_url):
-    service = Service(load_settings({"database_url": db_url, "secret_key": "t"}), clock=lambda: NOW)
+    service = make_service(load_settings({"database_url": db_url, "secret_key": "t"}), clock=lambda: NOW)
     queue(service, ("wangfang", "weekend_reminders", "2025-W47", "请录入全勤率"))
     out = io.StringIO()
     report = Deliverer(service, None, out).flush(NOW)
@@ -183,14 +185,14 @@ def test_killed_mid_batch_loses_nothing_and_doubles_nothing(service, settings, f
         from datetime import datetime
         from zoneinfo import ZoneInfo
         from core.config import load_settings
-        from models.service import Service
+        from bot.service import make_service
         from scheduler.delivery import make_deliverer
         settings = load_settings({{"database_url": {db_url!r}, "redis_url": {redis_url!r}, "secret_key": "t",
             "wecom_corp_id": {fake.corp_id!r}, "wecom_secret": {fake.secret!r},
             "wecom_agent_id": {str(fake.agent_id)!r}, "wecom_token": "tok",
             "wecom_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "wecom_api_base": {fake.base_url!r}}})
         now = datetime(2025, 11, 21, 15, 10, tzinfo=ZoneInfo("Asia/Shanghai"))
-        make_deliverer(Service(settings, clock=lambda: now)).flush(now)
+        make_deliverer(make_service(settings, clock=lambda: now)).flush(now)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ))
     deadline = time.time() + 30

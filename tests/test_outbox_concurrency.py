@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 
+from bot.service import make_service
 from core.config import ROOT
 from models.outbox import enqueue
-from models.service import Service
-from scheduler.delivery import OUR_PER_MINUTE, Deliverer, RateLimiter, make_deliverer
+from scheduler.delivery import Deliverer, make_deliverer
+from scheduler.sending import OUR_PER_MINUTE, RateLimiter
 from tests.fake_wecom import FakeWeCom
 from tests.test_outbox import NOW, TZ, queue, rows, stored_calls
 from tests.test_outbox_faults import AES_KEY, bot_env, run_bot, wecom_settings
@@ -37,7 +38,7 @@ def fake():
 def service(clean_db, db_url, redis_url, fake):
     if redis_url:
         redis.Redis.from_url(redis_url).flushdb()
-    return Service(wecom_settings(db_url, redis_url, fake, outbox_concurrency=8), clock=lambda: NOW)
+    return make_service(wecom_settings(db_url, redis_url, fake, outbox_concurrency=8), clock=lambda: NOW)
 
 
 def cards(service, person, count):
@@ -100,7 +101,7 @@ def test_two_flushers_share_the_apps_call_rate(clean_db, db_url, redis_url, fake
     settings = wecom_settings(db_url, redis_url, fake, wecom_calls_per_minute=122, outbox_concurrency=4)
     if redis_url:
         redis.Redis.from_url(redis_url).flushdb()
-    service = Service(settings, clock=lambda: NOW)
+    service = make_service(settings, clock=lambda: NOW)
     left, right = [f"l{i}" for i in range(5)], [f"r{i}" for i in range(5)]
     queue(service, *[(p, "p", "1", f"给{p}") for p in left + right])
     fake.latency = 0.0

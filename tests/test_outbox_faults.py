@@ -17,9 +17,10 @@ from datetime import timedelta
 import pytest
 
 from bot.channels.console import run_console
+from bot.service import make_service
 from core.config import ROOT, load_settings
-from models.service import Service
-from scheduler.delivery import DUPLICATE_CHECK_S, Deliverer, make_deliverer, retry_failed
+from scheduler.delivery import Deliverer, make_deliverer, retry_failed
+from scheduler.sending import DUPLICATE_CHECK_S
 from tests.fake_wecom import FakeWeCom
 from tests.test_outbox import NOW, queue, rows, stored_calls
 from wechat.wecom_api import WeComAPI
@@ -48,7 +49,7 @@ def service(clean_db, db_url, redis_url, fake):
         import redis
 
         redis.Redis.from_url(redis_url).flushdb()
-    return Service(wecom_settings(db_url, redis_url, fake), clock=lambda: NOW)
+    return make_service(wecom_settings(db_url, redis_url, fake), clock=lambda: NOW)
 
 
 def closed_port() -> int:
@@ -137,7 +138,7 @@ def test_an_unknown_call_too_old_for_the_duplicate_check_is_flagged_then_retried
 
 
 def test_nothing_is_marked_sent_without_a_channel_that_sent_it(clean_db, db_url):
-    service = Service(load_settings({"database_url": db_url, "secret_key": "t"}), clock=lambda: NOW)
+    service = make_service(load_settings({"database_url": db_url, "secret_key": "t"}), clock=lambda: NOW)
     queue(service, ("wangfang", "p", "1", "给王芳"), ("chenjing", "p", "1", "给陈静"))
     # The scheduler of an install without WeCom: no one could see these, so they wait.
     assert make_deliverer(service).flush(NOW).calls == 0
@@ -155,7 +156,7 @@ def test_nothing_is_marked_sent_without_a_channel_that_sent_it(clean_db, db_url)
 
 
 def test_a_long_flush_keeps_its_rows_from_another_flusher(clean_db, db_url, redis_url, fake):
-    service = Service(wecom_settings(db_url, redis_url, fake, outbox_claim_seconds=3.0,  # the real clock
+    service = make_service(wecom_settings(db_url, redis_url, fake, outbox_claim_seconds=3.0,  # the real clock
                                      outbox_concurrency=2))
     people = [f"t{i:02d}" for i in range(24)]
     queue(service, *[(p, "p", "1", f"给{p}") for p in people])

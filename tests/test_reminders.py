@@ -9,12 +9,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from core.config import load_settings
+from core.schedules import JOB_SCHEDULES
 from models.catalogue import parse_catalogue
 from models.expected import Missing, missing_entries
 from models.schema import Department, OutboxMessage, SchoolClass, Staff, Student
 from models.scores import load_calendar
 from scheduler import reminders
-from scheduler.registry import JOBS, JobContext
+from scheduler.registry import JOBS, JobContext, scheduled_jobs
 from tests.chat import make_service, say
 from tests.factories import small_college
 
@@ -445,21 +447,25 @@ def test_jobs_are_registered_with_their_default_schedules():
     for name in ("semester_end_reminders", "year_start_reminders", "first_semester_reminders"):
         assert name in JOBS
     for job in JOBS.values():
-        if job.name in reminders.DEFAULT_SCHEDULES:
+        if JOB_SCHEDULES[job.name][0].startswith("REMINDER_"):
             assert job.cron["minute"] not in ("0", "30")  # WeCom: not on the hour or half hour
 
 
 def test_schedules_and_offsets_come_from_the_environment():
-    settings = reminders.load_reminder_settings({
+    settings = load_settings(environ={
+        "SECRET_KEY": "t",
         "REMINDER_WEEKEND_CRON": "sat 09:05", "REMINDER_GRADUATION_CRON": "day=5 month=3-7 10:20",
         "REMINDER_SEMESTER_END_DAYS": "3，17,10", "REMINDER_MONTH_END_DAYS": "2",
     })
     assert settings.schedules["weekend_reminders"] == {"day_of_week": "sat", "hour": "9", "minute": "5"}
     assert settings.schedules["graduation_reminders"] == {"day": "5", "month": "3-7", "hour": "10", "minute": "20"}
     assert settings.schedules["month_end_reminders"] == {"hour": "16", "minute": "10"}
-    assert settings.semester_end_days == (17, 10, 3)
-    assert settings.month_end_days == 2
+    assert settings.reminders.semester_end_days == (17, 10, 3)
+    assert settings.reminders.month_end_days == 2
+    # The scheduler and `jobs list` take each job's schedule from the settings.
+    assert scheduled_jobs(settings)["weekend_reminders"].schedule == "day_of_week=sat hour=9 minute=5"
+    assert JOBS["weekend_reminders"].cron == {"day_of_week": "fri", "hour": "15", "minute": "10"}  # the default
     for bad in ({"REMINDER_WEEKEND_CRON": "fri 25:10"}, {"REMINDER_WEEKEND_CRON": "someday 15:10"},
                 {"REMINDER_WEEKEND_CRON": "fri"}, {"REMINDER_SEMESTER_END_DAYS": "soon"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            reminders.load_reminder_settings(bad)
+            load_settings(environ={"SECRET_KEY": "t", **bad})

@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 import scheduler.jobs  # noqa: F401  (registers every job in JOBS)
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from core.config import ROOT
-from models.digest import PURPOSE, recipients
+from models.digest.recipients import PURPOSE, recipients
 from models.io.demo import load_demo
 from models.schema import JobRun, Lease, OutboxMessage
 from scheduler.registry import JOBS
@@ -154,7 +154,7 @@ def digest_runs(engine):
 def test_a_scheduler_killed_mid_job_the_standby_catches_up_and_nothing_is_sent_twice(
         clean_db, session, db_url, catalogue, tmp_path):
     now = datetime.now(TZ)
-    load_demo(session, catalogue, now.date())
+    load_demo(session, catalogue, now.date(), tz=TZ)
     # The scheduler has run here for weeks and every job is up to date, except this week's digest:
     # no scheduler was up on Monday morning. The first scheduler to start catches it up.
     session.add(JobRun(job="heartbeat", as_of=now - timedelta(days=8), status="ok", host="old:1:abcdef"))

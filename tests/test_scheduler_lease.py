@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select, text, update
 
 import scheduler.jobs  # noqa: F401  (registers every job in JOBS)
+from bot import service as runtime
 from core.config import load_settings
-from models.digest import PURPOSE
+from models.digest.recipients import PURPOSE
 from models.schema import DigestState, JobRun, Lease, OutboxMessage
-from models.service import Service
 from scheduler.registry import JOBS
 from scheduler.runner import (
     DIED,
@@ -184,7 +184,7 @@ def lease_table_locked(engine, db_url):
 def test_a_scheduler_that_cannot_renew_stands_down_and_takes_the_lease_again_later(
         clean_db, session, db_url, redis_url, caplog):
     caplog.set_level(logging.INFO, logger="scheduler.runner")
-    service = Service(load_settings({"database_url": db_url, "redis_url": redis_url, "secret_key": "t"}))
+    service = runtime.make_service(load_settings({"database_url": db_url, "redis_url": redis_url, "secret_key": "t"}))
     stop = threading.Event()
     thread = threading.Thread(target=run_scheduler, args=(service, stop, 2), daemon=True)
 
