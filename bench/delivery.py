@@ -51,10 +51,10 @@ from bench.college import (  # noqa: E402
     plan_layout,
     recreate_database,
 )
-from bot.cli import upgrade_database  # noqa: E402
+from bot.cli.db import upgrade_database  # noqa: E402
+from bot.service import make_service  # noqa: E402
 from core.config import load_settings  # noqa: E402
 from models.schema import OutboxMessage  # noqa: E402
-from models.service import Service  # noqa: E402
 from tests.fake_wecom import FakeWeCom  # noqa: E402
 
 WEEKS = 2  # of score entries; the cards are for the second
@@ -156,7 +156,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, url: str) -> None:  # noqa: PLR0915 - one linear report
     from scheduler.runner import run_job  # noqa: PLC0415
 
-    service = Service(load_settings({"database_url": url, "secret_key": "bench", "redis_url": None}))
+    service = make_service(load_settings({"database_url": url, "secret_key": "bench", "redis_url": None}))
     monday = TERM_START + timedelta(weeks=WEEKS)
     start = time.perf_counter()
     run = run_job(service, "student_weekly_card", datetime.combine(monday, dtime(8, 10), TZ))

@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from bot.service import make_service
 from core.config import Settings, load_settings
 from models.service import Service
 
@@ -15,7 +16,7 @@ def create_app(settings: Settings | dict | None = None, service: Service | None 
     if service is None:
         if not isinstance(settings, Settings):
             settings = load_settings(settings)
-        service = Service(settings, background=True)  # the callback never waits for the risk check
+        service = make_service(settings, background=True)  # the callback never waits for the risk check
     app = Flask(__name__, instance_relative_config=False)
     # No app.config["SECRET_KEY"]: nothing here uses Flask's cookie session (export links are signed with
     # settings.secret_key directly), and without it Flask skips building a signing serializer per request.

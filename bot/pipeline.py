@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import handlers  # noqa: F401  (registers every command)
-from bot import metrics
+from core import metrics
 from core import render as templating
 from core.messages import IncomingMessage, Reply
 from core.render import render
@@ -164,7 +164,7 @@ def _dispatch(service: Service, work: UnitOfWork, msg: IncomingMessage, key: str
         return Reply(render("chat/empty.txt"))
     ctx = Context(work=work, actor=actor, catalogue=service.catalogue, today=service.today(), msg=msg,
                   settings=service.settings, directory=directory, processed_key=key,
-                  quick_reply=service.background)
+                  quick_reply=service.background, notify=service.notify)
     found = registry.resolve(text)
     if found is not None:
         cmd, args = found

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from bot import metrics
+from core.metrics import callback_answered
 from models.errors import log_failure
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _time_callback(_exc: BaseException | None) -> None:
     """The whole callback, from the request's arrival to its answer, by channel (errors included)."""
     started = g.pop("czk_started", None)
     if started is not None and request.blueprint in CALLBACK_CHANNELS:
-        metrics.callback_answered(request.blueprint, time.perf_counter() - started)
+        callback_answered(request.blueprint, time.perf_counter() - started)
 
 
 @web.app_errorhandler(Exception)
@@ -103,16 +104,18 @@ def export_download(token: str):  # noqa: ANN201
     from itsdangerous import BadData, SignatureExpired
 
     from core.render import render
-    from handlers.export import LINK_HOURS, XLSX, export_filename, export_workbook, may_export, read_export
+    from handlers.export import XLSX, export_filename, export_workbook, link_max_age, may_export, read_export
     from models.authz import load_actor
     from models.schema import SchoolClass
 
-    def plain(template: str, status: int) -> Response:
-        return Response(render(template, hours=LINK_HOURS), status=status, mimetype="text/plain")
-
     service = current_app.extensions["czk"]
+
+    def plain(template: str, status: int) -> Response:
+        return Response(render(template, hours=service.settings.export_link_hours), status=status,
+                        mimetype="text/plain")
+
     try:
-        class_id, requester = read_export(service.settings.secret_key, token)
+        class_id, requester = read_export(service.settings.secret_key, token, link_max_age(service.settings))
     except SignatureExpired:
         return plain("chat/export_expired.txt", 410)
     except BadData:

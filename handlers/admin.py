@@ -12,7 +12,7 @@ from models.schema import OutboxMessage
 SHOWN = 10
 
 
-@registry.command("发送失败", audience="staff", roles=("管理员",), summary="发送失败：未能送达的消息和原因")
+@registry.command("发送失败", audience="staff", roles=("管理员",), summary="chat/help/failed_deliveries.txt")
 def failed_deliveries(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The newest undeliverable messages (invalid account, too long, outcome unknown)."""
     total = ctx.session.scalar(select(func.count()).select_from(OutboxMessage)

@@ -8,7 +8,7 @@ from handlers.registry import Context, registry
 from models.authz import recordable_classes
 
 
-@registry.command("帮助", "help", "?", "菜单", summary="帮助：查看可用命令")
+@registry.command("帮助", "help", "?", "菜单", summary="chat/help/help.txt")
 def help_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Help for the sender's own roles."""
     actor = ctx.actor
@@ -17,6 +17,7 @@ def help_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
         for p in ctx.catalogue.points:
             if p.derived is None and recordable_classes(actor, p) != set():
                 points.append(p.short)
-    commands = [c for c in registry.visible_to(actor) if c.summary]
-    return Reply(render("chat/help.txt", actor=actor, commands=commands,
+    # A summary may name a setting, e.g. {{ settings.export_link_hours }}.
+    summaries = [render(c.summary, settings=ctx.settings) for c in registry.visible_to(actor) if c.summary]
+    return Reply(render("chat/help.txt", actor=actor, summaries=summaries,
                         points=list(dict.fromkeys(points))))

@@ -14,6 +14,7 @@ from models.authz import Actor
 from models.catalogue import Catalogue, normalise
 from models.directory import Directory
 from models.periods import Calendar
+from models.risk.notices import Notify
 from models.scores import RecordingWriter
 
 Handler = Callable[[IncomingMessage, str, "Context"], Reply]
@@ -64,6 +65,7 @@ class Context:
     processed_key: str | None = None  # the key of the message's processed row (None: not deduplicated)
     # The channel answers within a time limit (WeChat's 5 s): slow work is queued, its result pushed.
     quick_reply: bool = False
+    notify: Notify | None = None  # the words of the early warnings' pushes (the service's)
 
     @property
     def session(self) -> Session:
@@ -79,10 +81,11 @@ class Command:
     names: tuple[str, ...]
     handler: Handler
     audience: str  # staff | student | anyone
-    summary: str
+    summary: str  # the template of its line in 帮助, e.g. "chat/help/card.txt" ("": not listed)
     roles: frozenset[str] = frozenset()  # empty: every staff role
 
     def admits(self, actor: Actor) -> bool:
+        """May `actor` use this command (its audience and roles)?"""
         if self.audience == "student":
             return actor.is_student
         if self.audience == "staff":
@@ -99,6 +102,10 @@ class Registry:
 
     def command(self, *names: str, audience: str = "anyone", summary: str = "",
                 roles: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+        """Register the decorated handler under `names`; `summary` is its 帮助 line's template."""
+        if summary and not (summary.startswith("chat/help/") and summary.endswith(".txt")):
+            raise ValueError(f"summary={summary!r}: name a template under templates/chat/help/")
+
         def register(func: Handler) -> Handler:
             self.commands.append(Command(names, func, audience, summary, frozenset(roles)))
             return func
@@ -115,6 +122,7 @@ class Registry:
         return best
 
     def visible_to(self, actor: Actor) -> list[Command]:
+        """The commands `actor` may use, in registration order."""
         return [c for c in self.commands if c.admits(actor)]
 
 

@@ -24,7 +24,7 @@ def _set_weekly_card(ctx: Context, wanted: bool) -> bool:
     return already
 
 
-@registry.command("退订周报", audience="student", summary="退订周报 / 订阅周报：停止 / 恢复每周一的个人储值卡")
+@registry.command("退订周报", audience="student", summary="chat/help/subscription.txt")
 def unsubscribe(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """Stop the weekly personal card."""
     return Reply(render("chat/subscription_off.txt", already=_set_weekly_card(ctx, False)))

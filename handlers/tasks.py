@@ -92,7 +92,7 @@ def _closed(ctx: Context, task: PlanTask) -> Reply | None:
 
 
 @registry.command("任务", "我的任务", "计划任务", audience="staff",
-                  summary="任务 / 任务 #N：我负责和督办的计划任务（#N 是任务号）")
+                  summary="chat/help/tasks.txt")
 def tasks_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """My open tasks as owner and as supervisor; `任务 #N` shows one task in full."""
     staff_id = ctx.actor.staff_id
@@ -124,7 +124,7 @@ def _detail(ctx: Context, ref: str) -> Reply:
         t=task_view(task, ctx.today), task=task, carried=carried_into(ctx.session, task)))
 
 
-@registry.command(*PROGRESS_NAMES, audience="staff", summary="进度 #N 60：更新任务进度（百分比）")
+@registry.command(*PROGRESS_NAMES, audience="staff", summary="chat/help/progress.txt")
 def progress_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The owner reports progress 0–100 on an open task."""
     m = PERCENT_ARGS.match(_args(args))
@@ -144,7 +144,7 @@ def progress_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     return _reply("task_progress_set", t=task_view(task, ctx.today), old=old)
 
 
-@registry.command(*COMPLETE_NAMES, audience="staff", summary="完成 #N [说明]：任务完成，通知督办人")
+@registry.command(*COMPLETE_NAMES, audience="staff", summary="chat/help/complete.txt")
 def complete_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The owner marks a task done; its supervisor is told through the outbox."""
     m = NOTE_ARGS.match(_args(args))
@@ -167,7 +167,7 @@ def complete_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     return _reply("task_completed", t=task_view(task, ctx.today), supervisor=supervisor, notified=to is not None)
 
 
-@registry.command(*ACHIEVEMENT_NAMES, audience="staff", summary="达成度 #N 80 [说明]：年终报告任务达成度")
+@registry.command(*ACHIEVEMENT_NAMES, audience="staff", summary="chat/help/achievement.txt")
 def achievement_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The owner reports a task's 达成度 (0–100) for the 事后 review."""
     m = PERCENT_ARGS.match(_args(args))

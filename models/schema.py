@@ -403,7 +403,7 @@ class RiskNotice(Base):
 class DigestState(Base):
     """The weekly digest's state: every student's point accumulators and card scores as of a finished week.
 
-    Derived from score_entry only (models/digest/values.py says exactly which entries it holds), so it
+    Derived from score_entry only (models/digest/state.py says exactly which entries it holds), so it
     can always be rebuilt; written whole, once per (semester, Sunday): the unique constraint makes a
     rerun or a concurrent run keep the first one. `data` is one compact binary record because it is
     only ever read and written whole (132,000 pairs at 15,000 students: one row, not 132,000).

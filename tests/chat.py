@@ -6,6 +6,7 @@ import itertools
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
+from bot import service as runtime
 from bot.pipeline import handle_message
 from core.config import load_settings
 from core.messages import IncomingMessage
@@ -17,7 +18,7 @@ _ids = itertools.count(1)
 def make_service(db_url: str, today: date, redis_url: str | None = None) -> Service:
     settings = load_settings({"database_url": db_url, "redis_url": redis_url, "secret_key": "test"})
     tz = ZoneInfo(settings.timezone)
-    return Service(settings, clock=lambda: datetime.combine(today, time(10, 0), tz))
+    return runtime.make_service(settings, clock=lambda: datetime.combine(today, time(10, 0), tz))
 
 
 def say(service: Service, userid: str, text: str, msg_key: str | None = None) -> str:

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from core.config import ROOT
 from models.db import Base
 
@@ -64,3 +64,41 @@ def test_a_command_before_db_upgrade_says_what_to_do(tmp_path):
         done = run_bot(args, url, stdin="储值卡\n")
         assert done.returncode == 2, done.stderr
         assert "python -m bot db upgrade" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_command_group_of_the_contract_is_registered(tmp_path):
+    """bot/cli/ holds one module per command group (PRODUCT.md §5); each registers itself."""
+    from bot import create_app
+
+    app = create_app({"database_url": f"sqlite:///{tmp_path / 'g.db'}", "secret_key": "test"})
+    groups = {name: set(getattr(cmd, "commands", {})) for name, cmd in app.cli.commands.items()}
+    assert groups == {
+        "db": {"upgrade"}, "roster": {"import", "template"}, "tasks": {"import"}, "scores": {"import"},
+        "export": {"cards", "report"}, "demo": set(), "chat": set(), "serve": set(), "scheduler": set(),
+        "jobs": {"list", "run"}, "outbox": {"flush", "failed", "retry"},
+    }
+
+
+def test_the_console_at_a_terminal_greets_and_switches_identity():
+    """At a terminal the console greets, prompts, and answers its own /as commands (templates/cli/)."""
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from bot.channels.console import run_console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = io.StringIO()
+    service = SimpleNamespace(evaluator=SimpleNamespace(background=True))
+    pipeline_log = logging.getLogger("bot.pipeline")
+    level = pipeline_log.level
+    try:  # at a terminal the console quiets the per-message log lines; not for the tests that follow
+        assert run_console(service, "wangfang", Terminal("/as\n/as zhangsan\n\n/quit\n"), out) == 0
+    finally:
+        pipeline_log.setLevel(level)
+    assert out.getvalue() == (
+        "储值卡助手 · 控制台（当前身份：wangfang）。/as 账号 切换身份，/who 查看演示人员，/quit 退出。\n"
+        "> 用法：/as 账号\n> 已切换为 zhangsan\n> > ")

@@ -13,7 +13,7 @@ import requests
 from werkzeug.serving import make_server
 
 from bot import create_app
-from bot.cli import RedactingRequestHandler
+from bot.cli.serve import RedactingRequestHandler
 from bot.redact import redact
 from core.messages import Reply
 from handlers.registry import Command, registry

@@ -32,9 +32,9 @@ from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from werkzeug.serving import make_server
 
 from bot import create_app
+from bot.service import make_service
 from core.config import ROOT, Settings, load_settings
 from models.schema import AuditLog, ProcessedMessage, ScoreEntry
-from models.service import Service
 from tests.factories import small_college
 from tests.fake_wecom import FakeWeCom
 from wechat.wecom_api import WeComAPI, WeComAPIError
@@ -150,7 +150,7 @@ def wecom_settings(db_url: str, redis_url: str | None, **overrides: str) -> Sett
 @contextmanager
 def live_server(settings: Settings, today: date) -> Iterator[str]:
     tz = ZoneInfo(settings.timezone)
-    service = Service(settings, clock=lambda: datetime.combine(today, clock_time(10, 0), tz))
+    service = make_service(settings, clock=lambda: datetime.combine(today, clock_time(10, 0), tz))
     server = make_server("127.0.0.1", 0, create_app(service=service), threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from bot.pipeline import handle_message
 from core.messages import IncomingMessage
+from core.render import render
 from models.service import Service
 from scheduler.delivery import show_pushes
 
@@ -17,12 +18,12 @@ PROMPT = "> "
 
 
 def _who(service: Service) -> str:
-    from models.io.demo import demo_people
+    from models.io.demo_people import demo_people
 
     with service.sessions() as session:
         people = demo_people(session)
     if not people:
-        return "名册里还没有人。先运行 python -m bot demo 或 roster import。"
+        return render("cli/console_no_people.txt")
     return "\n".join(f"{uid:<14} {name} · {desc}" for uid, name, desc in people)
 
 
@@ -35,8 +36,7 @@ def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout
     session_id = uuid.uuid4().hex[:8]
     counter = itertools.count(1)
     if interactive:
-        print(f"储值卡助手 · 控制台（当前身份：{userid}）。/as 账号 切换身份，/who 查看演示人员，/quit 退出。",
-              file=stdout)
+        print(render("cli/console_banner.txt", userid=userid), file=stdout)
     buffer: list[str] = []
     while True:
         if interactive:
@@ -62,9 +62,9 @@ def run_console(service: Service, userid: str, stdin: TextIO = sys.stdin, stdout
             new = stripped[3:].strip()
             if new:
                 userid = new
-                print(f"已切换为 {userid}", file=stdout)
+                print(render("cli/console_switched.txt", userid=userid), file=stdout)
             else:
-                print("用法：/as 账号", file=stdout)
+                print(render("cli/console_as_usage.txt"), file=stdout)
             continue
         msg = IncomingMessage("console", userid, text, msg_key=f"{session_id}-{next(counter)}")
         reply = handle_message(service, msg)

@@ -1,13 +1,29 @@
-"""What every command needs: the app's service, once the schema is current."""
+"""What every command needs: the app's service once the schema is current, and its messages
+(templates/cli/)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import click
 from flask import current_app
+from sqlalchemy.orm import Session
 
+from core.render import render
 from models.service import Service
+
+
+def say(template: str, /, **context: object) -> None:
+    """Print templates/cli/<template>.txt on stdout."""
+    click.echo(render(f"cli/{template}.txt", **context))
+
+
+def fail(template: str, code: int, /, **context: object) -> NoReturn:
+    """Print templates/cli/<template>.txt on stderr and exit with `code`."""
+    click.echo(render(f"cli/{template}.txt", **context), err=True)
+    sys.exit(code)
 
 
 def cli_service() -> Service:
@@ -28,6 +44,19 @@ def require_schema(service: Service) -> None:
 
     missing = set(Base.metadata.tables) - set(inspect(service.engine).get_table_names())
     if missing:
-        click.echo("数据库还没有建好或版本落后：请先运行 python -m bot db upgrade", err=True)
-        sys.exit(2)
+        fail("schema_missing", 2)
     service.schema_checked = True
+
+
+def run_import(importer: Callable[[Session], object], error_type: type[Exception], what: str) -> None:
+    """Run an all-or-nothing import in one transaction: commit and print its summary, or list every error."""
+    service = cli_service()
+    with service.sessions() as session:
+        try:
+            report = importer(session)
+        except error_type as exc:
+            session.rollback()
+            errors = [render("errors/problem.txt", p=p) for p in exc.problems]  # type: ignore[attr-defined]
+            fail("import_errors", 1, what=what, file=None, errors=errors)
+        session.commit()
+    say("import_report", report=report)

@@ -10,7 +10,7 @@ import re
 import pytest
 
 import scheduler.jobs  # noqa: F401  (registers the jobs)
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from scheduler.registry import JOBS
 from tests.fake_wecom import FakeWeCom
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, scalar

@@ -12,7 +12,7 @@ from glob import glob
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from models.db import make_engine, make_sessionmaker
 from tests.factories import small_college
 from tests.outside.conftest import bot_env

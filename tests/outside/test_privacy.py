@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import requests
 from sqlalchemy import text
 
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from tests.fake_wecom import FakeWeCom
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, web_process
 from tests.processes import free_port

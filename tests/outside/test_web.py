@@ -12,7 +12,7 @@ import pytest
 import requests
 from sqlalchemy.engine import Engine
 
-from bot.cli import upgrade_database
+from bot.cli.db import upgrade_database
 from models.db import make_engine, make_sessionmaker
 from tests.factories import small_college
 from tests.outside.conftest import bot_env, scalar, web_process
