@@ -9,6 +9,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
+COPY core/ core/
+COPY wechat/ wechat/
 COPY bot/ bot/
 COPY handlers/ handlers/
 COPY models/ models/
