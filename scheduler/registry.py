@@ -2,7 +2,7 @@
 
 A job is registered with `@job(id, description)`; when it runs comes from the settings, read once by
 `core.config.load_settings`: the variable and the default of each job id are in
-`core.schedules.JOB_SCHEDULES`. `scheduled_jobs(settings)` gives every job with its schedule, as the
+`core.schedules.JOB_SCHEDULES`. `scheduler.jobs.scheduled_jobs(settings)` gives every job with its schedule, as the
 scheduler (at its start) and `jobs list` use them.
 """
 
@@ -104,10 +104,3 @@ def job(name: str, description: str, months: Months | None = None) -> Callable[[
         JOBS[name] = Job(name, func, default, description, months)
         return func
     return register
-
-
-def scheduled_jobs(settings: Settings) -> dict[str, Job]:
-    """Every job, with its schedule from `settings`, in the order they were registered."""
-    import scheduler.jobs  # noqa: F401, PLC0415  (registers every job)
-
-    return {name: job.configured(settings) for name, job in JOBS.items()}

@@ -48,7 +48,8 @@ from core.render import render
 from models.errors import error_code, log_failure
 from models.schema import JobRun, Lease
 from models.service import Service
-from scheduler.registry import JOBS, Job, JobContext, scheduled_jobs
+from scheduler.jobs import scheduled_jobs
+from scheduler.registry import JOBS, Job, JobContext
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,6 @@ def run_job(service: Service, name: str, now: datetime | None = None,
     With `lease` (the scheduler), the writes commit only while that lease is still held with the
     generation the run started under; otherwise nothing is committed, the run is recorded as failed
     and the lease marked lost. Without it (`jobs run`), the run is not fenced."""
-    import scheduler.jobs  # noqa: F401  (registers every job)
 
     job = JOBS[name]
     now = (now or service.now()).astimezone(service.tz)
@@ -241,7 +241,6 @@ def run_job(service: Service, name: str, now: datetime | None = None,
 
 def last_runs(service: Service) -> dict[str, JobRun]:
     """The newest run of each job."""
-    import scheduler.jobs  # noqa: F401
 
     out: dict[str, JobRun] = {}
     with service.sessions() as session:
@@ -302,7 +301,6 @@ def due_for_catch_up(session: Session, now: datetime, tz: ZoneInfo,
     older than that history: we cannot tell whether it ran. A job that has never run is caught up
     like any other once its fire time falls after that first start. `jobs`: with their schedules
     from the settings (`scheduled_jobs`); the default schedules unless given."""
-    import scheduler.jobs  # noqa: F401
 
     since = scheduler_known_since(session, tz)
     if since is None:

@@ -16,7 +16,8 @@ from models.expected import Missing, missing_entries
 from models.schema import Department, OutboxMessage, SchoolClass, Staff, Student
 from models.scores import load_calendar
 from scheduler import reminders
-from scheduler.registry import JOBS, JobContext, scheduled_jobs
+from scheduler.jobs import scheduled_jobs
+from scheduler.registry import JOBS, JobContext
 from tests.chat import make_service, say
 from tests.factories import small_college
 

@@ -34,7 +34,8 @@ from models.tasks import (
     report_achievement,
 )
 from scheduler import plan_cycle  # noqa: F401  (registers the plan-cycle jobs)
-from scheduler.registry import JOBS, JobContext, scheduled_jobs
+from scheduler.jobs import scheduled_jobs
+from scheduler.registry import JOBS, JobContext
 from scheduler.runner import run_job
 from tests.chat import make_service, say
 from tests.factories import small_college

@@ -21,7 +21,7 @@ def register(app: Flask) -> None:
     @jobs.command("list")
     def jobs_list() -> None:
         """Each job, its schedule, its last run and result."""
-        from scheduler.registry import scheduled_jobs
+        from scheduler.jobs import scheduled_jobs
         from scheduler.runner import last_runs
 
         service = cli_service()
