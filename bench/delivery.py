@@ -11,7 +11,7 @@ per-member limits and the app's call rate are shared through it, as in productio
    something to say;
 2. runs the real `student_weekly_card` job as of Monday 08:10 of the third week: one distinct
    message per student in the outbox;
-3. starts the fake WeCom (tests/fake_wecom.py) on a free loopback port, --latency seconds a call;
+3. starts the fake WeCom (tests/fakes/fake_wecom.py) on a free loopback port, --latency seconds a call;
 4. runs `python -m bot outbox flush` as a process, WECOM_* pointed at the fake,
    OUTBOX_CONCURRENCY and WECOM_CALLS_PER_MINUTE from the options, and waits for it;
 5. prints the time against the floor (calls ÷ the allowed rate), the most calls the fake saw in any
@@ -55,7 +55,7 @@ from bot.cli.db import upgrade_database  # noqa: E402
 from bot.service import make_service  # noqa: E402
 from core.config import load_settings  # noqa: E402
 from models.schema import OutboxMessage  # noqa: E402
-from tests.fake_wecom import FakeWeCom  # noqa: E402
+from tests.fakes.fake_wecom import FakeWeCom  # noqa: E402
 
 WEEKS = 2  # of score entries; the cards are for the second
 AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"

@@ -7,7 +7,7 @@ Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
    and loads the small college of the tests (every role, a few students);
 2. flushes one Redis db index (14 unless FUZZ_REDIS_DB says otherwise);
 3. starts our service as in production (`gunicorn 'bot:create_app()'` with gunicorn.conf.py: gevent);
-4. generates distinct hostile messages with the fuzz test's hypothesis strategies (tests/hostile.py:
+4. generates distinct hostile messages with the fuzz test's hypothesis strategies (tests/fakes/hostile.py:
    mutated commands, emoji, zero-width and control characters, `]]>` and `&`, 2,000-character lines,
    200-line messages, 1e309, NaN, full-width digits) and posts them, encrypted as WeCom does, from
    N concurrent senders;
@@ -45,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 from bench.college import drop_database, recreate_database  # noqa: E402
 from models.catalogue import load_catalogue  # noqa: E402
 from models.schema import AuditLog, PlanTask, ProcessedMessage, ScoreEntry, Staff  # noqa: E402
-from tests.factories import small_college  # noqa: E402
-from tests.hostile import Vocabulary, chat  # noqa: E402
-from tests.processes import gunicorn, product_env  # noqa: E402
-from tests.test_fuzz import ERROR_APOLOGY, RECORDED, SENDERS, UNDONE, text_xml  # noqa: E402
-from tests.test_wecom import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WeComSender, new_msg_id  # noqa: E402
+from tests.edges.test_fuzz import ERROR_APOLOGY, RECORDED, SENDERS, UNDONE, text_xml  # noqa: E402
+from tests.edges.test_wecom import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WeComSender, new_msg_id  # noqa: E402
+from tests.fakes.factories import small_college  # noqa: E402
+from tests.fakes.hostile import Vocabulary, chat  # noqa: E402
+from tests.fakes.processes import gunicorn, product_env  # noqa: E402
 
 HOST = "127.0.0.1"
 PG_ADMIN = os.environ.get("FUZZ_PG_ADMIN", f"host={HOST} port=5432 user=postgres dbname=postgres")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak_concurrency.py [--runs 30] [--burners 2]
 
-Runs tests/test_wecom.py::test_the_production_server_records_concurrent_messages_once_each (gunicorn,
+Runs tests/edges/test_wecom.py::test_the_production_server_records_concurrent_messages_once_each (gunicorn,
 two gevent workers, 24 recordings of three students at once plus a message WeChat delivers four
 times; every reply 已记录, each message once, one unbroken audit chain per student) against
 PostgreSQL + Redis (a fresh database `czk_soak`, Redis db 9), with `--burners` busy-looping
@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST = "tests/test_wecom.py::test_the_production_server_records_concurrent_messages_once_each"
+TEST = "tests/edges/test_wecom.py::test_the_production_server_records_concurrent_messages_once_each"
 DB = "czk_soak"
 
 

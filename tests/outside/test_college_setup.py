@@ -12,9 +12,9 @@ from pathlib import Path
 import openpyxl
 import pytest
 
+from tests.domain.test_excel import card_rows
+from tests.domain.test_roster import HEADERS  # PRODUCT.md §5: the roster workbook's sheets and headers
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, scalar
-from tests.test_excel import card_rows
-from tests.test_roster import HEADERS  # PRODUCT.md §5: the roster workbook's sheets and headers
 
 ROSTER = {
     "系部": [["网络工程系", "T010"]],

@@ -12,9 +12,9 @@ import pytest
 import scheduler.jobs  # noqa: F401  (registers the jobs)
 from bot.cli.db import upgrade_database
 from scheduler.registry import JOBS
-from tests.fake_wecom import FakeWeCom
+from tests.edges.test_wecom import AES_KEY, TOKEN
+from tests.fakes.fake_wecom import FakeWeCom
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, scalar
-from tests.test_wecom import AES_KEY, TOKEN
 
 FRIDAY = "2025-11-21T15:10"  # the Friday after the demo's last day
 NEXT_FRIDAY = "2025-11-28T15:10"

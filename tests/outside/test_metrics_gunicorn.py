@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.cli.db import upgrade_database
 from models.db import make_engine, make_sessionmaker
-from tests.factories import small_college
+from tests.edges.test_wecom import SAMPLE, WeComSender, text_xml
+from tests.fakes.factories import small_college
+from tests.fakes.processes import gunicorn, wait_until
 from tests.outside.conftest import bot_env
-from tests.processes import gunicorn, wait_until
-from tests.test_wecom import SAMPLE, WeComSender, text_xml
 
 WECOM = dict(WECOM_CORP_ID=SAMPLE["corp_id"], WECOM_TOKEN=SAMPLE["token"], WECOM_AES_KEY=SAMPLE["aes_key"],
              WECOM_AGENT_ID="1000002", WECOM_SECRET="secret", WECOM_API_BASE="http://127.0.0.1:1/cgi-bin/")

@@ -17,10 +17,10 @@ import requests
 from sqlalchemy import text
 
 from bot.cli.db import upgrade_database
-from tests.fake_wecom import FakeWeCom
+from tests.edges.test_wecom import SAMPLE, WeComSender, text_xml
+from tests.fakes.fake_wecom import FakeWeCom
+from tests.fakes.processes import free_port
 from tests.outside.conftest import ProcessEnv, bot, bot_env, ok, web_process
-from tests.processes import free_port
-from tests.test_wecom import SAMPLE, WeComSender, text_xml
 
 WECOM_CALLBACK = dict(WECOM_CORP_ID=SAMPLE["corp_id"], WECOM_TOKEN=SAMPLE["token"], WECOM_AES_KEY=SAMPLE["aes_key"],
                       WECOM_AGENT_ID="1000002", WECOM_SECRET="secret", WECOM_API_BASE="http://127.0.0.1:1/cgi-bin/")

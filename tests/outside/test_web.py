@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 
 from bot.cli.db import upgrade_database
 from models.db import make_engine, make_sessionmaker
-from tests.factories import small_college
+from tests.edges.test_wecom import SAMPLE, WeComSender, text_xml
+from tests.fakes.factories import small_college
+from tests.fakes.processes import free_port
 from tests.outside.conftest import bot_env, scalar, web_process
-from tests.processes import free_port
-from tests.test_wecom import SAMPLE, WeComSender, text_xml
 
 # WeCom's published sample app: its URL verification is what WeCom itself sent to a real server.
 WECOM = dict(WECOM_CORP_ID=SAMPLE["corp_id"], WECOM_TOKEN=SAMPLE["token"], WECOM_AES_KEY=SAMPLE["aes_key"],

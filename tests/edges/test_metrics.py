@@ -17,8 +17,8 @@ from bot import create_app
 from core.metrics import delivery_error
 from models.outbox import enqueue
 from models.schema import JobRun
-from tests.factories import small_college
-from tests.test_wecom import WeComSender, image_xml, live_server, new_msg_id, text_xml, wecom_settings
+from tests.edges.test_wecom import WeComSender, image_xml, live_server, new_msg_id, text_xml, wecom_settings
+from tests.fakes.factories import small_college
 
 
 def scrape(base: str, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -21,8 +21,8 @@ from models.errors import error_code, log_failure, safe_traceback
 from models.schema import ProcessedMessage
 from scheduler.registry import JOBS, Job
 from scheduler.runner import run_job
-from tests.chat import make_service, say
-from tests.factories import small_college
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 SECRET = "张三 心理辅导 情绪低落"
 

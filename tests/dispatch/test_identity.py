@@ -13,10 +13,10 @@ from sqlalchemy import select
 from bot.pipeline import handle_message
 from core.messages import IncomingMessage
 from models.schema import AuditLog, ScoreEntry, Staff, Student
-from tests.chat import live_entries, make_service, say
-from tests.factories import small_college
-from tests.test_wecom import count, text_xml
-from tests.test_wecom import serve as serve  # noqa: F401  (the live HTTP edge fixture)
+from tests.edges.test_wecom import count, text_xml
+from tests.edges.test_wecom import serve as serve  # noqa: F401  (the live HTTP edge fixture)
+from tests.fakes.chat import live_entries, make_service, say
+from tests.fakes.factories import small_college
 
 AMBIGUOUS = "对应不止一人"
 UNKNOWN = "还没有和学校名册绑定"
@@ -123,8 +123,8 @@ def test_over_wecom_a_student_whose_account_is_a_teachers_number_is_only_themsel
 def test_roster_import_warns_and_console_audit_names_the_os_user(tmp_path):
     from sqlalchemy import create_engine
 
-    from tests.test_cli import run_bot
-    from tests.test_roster import full_rows, make_xlsx
+    from tests.domain.test_roster import full_rows, make_xlsx
+    from tests.edges.test_cli import run_bot
 
     url = f"sqlite:///{tmp_path / 'i.db'}"
     assert run_bot(["db", "upgrade"], url).returncode == 0

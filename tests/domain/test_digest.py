@@ -38,7 +38,7 @@ from models.scores import load_calendar
 from scheduler.notify.digest import weekly_markdown, weekly_text
 from scheduler.registry import JOBS
 from scheduler.runner import run_job
-from tests.chat import make_service, say
+from tests.fakes.chat import make_service, say
 from wechat.wecom_api import MAX_TEXT_BYTES as MAX_BYTES
 
 TZ = ZoneInfo("Asia/Shanghai")

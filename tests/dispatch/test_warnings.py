@@ -37,9 +37,9 @@ from scheduler.delivery import make_deliverer
 from scheduler.notify.warnings import rules_error_text
 from scheduler.registry import JobContext
 from scheduler.risk_jobs import risk_scan, warning_escalation
-from tests.chat import make_service, say
-from tests.factories import small_college
-from tests.fake_wecom import FakeWeCom
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
+from tests.fakes.fake_wecom import FakeWeCom
 
 TZ = ZoneInfo("Asia/Shanghai")
 TODAY = date(2025, 11, 19)  # a Wednesday of week 2025-W47, mid first semester

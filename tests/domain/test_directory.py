@@ -11,7 +11,7 @@ from sqlalchemy import select
 from models.db import make_sessionmaker
 from models.directory import DirectoryCache
 from models.schema import Semester, Staff, Student, TeachingAssignment
-from tests.factories import small_college
+from tests.fakes.factories import small_college
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from models.db import Base, make_engine, make_sessionmaker
 from models.schema import Department, ProcessedMessage, SchoolClass, ScoreEntry, Staff, Student
-from tests.processes import PostgresCluster, gunicorn, postgres_bin, product_env, redis_server, wait_until
-from tests.test_wecom import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WeComSender, text_xml
+from tests.edges.test_wecom import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WeComSender, text_xml
+from tests.fakes.processes import PostgresCluster, gunicorn, postgres_bin, product_env, redis_server, wait_until
 
 RECORDED = "已记录"
 ATTEMPTS, ATTEMPT_TIMEOUT_S = 3, 5.0

@@ -43,7 +43,7 @@ from models.schema import DigestState, OutboxMessage, SchoolClass, ScoreEntry, S
 from models.scores import PlannedEntry, load_calendar, record_entries, revoke
 from scheduler.notify.digest import weekly_markdown
 from scheduler.runner import run_job
-from tests.chat import make_service, say
+from tests.fakes.chat import make_service, say
 
 TZ = ZoneInfo("Asia/Shanghai")
 LOADED = date(2025, 10, 12)  # a Sunday: the demo history ends here

@@ -1,4 +1,4 @@
-"""Hostile chat, generated: hypothesis strategies for the fuzz test (tests/test_fuzz.py) and the
+"""Hostile chat, generated: hypothesis strategies for the fuzz test (tests/edges/test_fuzz.py) and the
 fuzz benchmark (bench/fuzz.py).
 
 A message is built from the real grammar (command words, point names and aliases, student

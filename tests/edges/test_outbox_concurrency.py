@@ -21,9 +21,9 @@ from core.config import ROOT
 from models.outbox import enqueue
 from scheduler.delivery import Deliverer, make_deliverer
 from scheduler.sending import OUR_PER_MINUTE, RateLimiter
-from tests.fake_wecom import FakeWeCom
-from tests.test_outbox import NOW, TZ, queue, rows, stored_calls
-from tests.test_outbox_faults import AES_KEY, bot_env, run_bot, wecom_settings
+from tests.edges.test_outbox import NOW, TZ, queue, rows, stored_calls
+from tests.edges.test_outbox_faults import AES_KEY, bot_env, run_bot, wecom_settings
+from tests.fakes.fake_wecom import FakeWeCom
 from wechat.wecom_api import WeComAPI, rate_buckets
 
 

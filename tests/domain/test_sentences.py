@@ -12,7 +12,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("bot", "core", "handlers", "models", "scheduler", "wechat")
 DATA_LITERALS = {
     "年度要点工作任务分解表",  # the seed's own name of the task sheet, accepted as a sheet name

@@ -34,8 +34,8 @@ from models.schema import (
 from models.scores import load_calendar
 from scheduler.notify import warnings as notify
 from scheduler.risk_jobs import risk_scan
-from tests.factories import small_college
-from tests.test_warnings import SETTINGS, TODAY, TZ, messages, put, run, sid, staff_id
+from tests.dispatch.test_warnings import SETTINGS, TODAY, TZ, messages, put, run, sid, staff_id
+from tests.fakes.factories import small_college
 
 NOW = datetime.combine(TODAY, time(6, 40), TZ)
 CLASSMATES = 30  # with 张三 and 李四: 32 warnings for 王芳 and 刘伟, over a weekly cap of 10

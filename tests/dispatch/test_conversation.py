@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 
 from models.schema import AuditLog, ProcessedMessage, RecordingBatch, Student
 from models.scores import revoke
-from tests.chat import live_entries, make_service, say, student_id
-from tests.factories import small_college
+from tests.fakes.chat import live_entries, make_service, say, student_id
+from tests.fakes.factories import small_college
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ from bot import create_app
 from bot.service import make_service
 from core.config import ROOT, Settings, load_settings
 from models.schema import AuditLog, ProcessedMessage, ScoreEntry
-from tests.factories import small_college
-from tests.fake_wecom import FakeWeCom
+from tests.fakes.factories import small_college
+from tests.fakes.fake_wecom import FakeWeCom
 from wechat.wecom_api import WeComAPI, WeComAPIError
 
 CORP_ID = "ww4d1f6a0c2b3e5f70"

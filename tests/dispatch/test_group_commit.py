@@ -1,7 +1,7 @@
 """Group commit: recordings that arrive together from a worker's threads share one statement, yet
 each caller gets its own outcome, writes to the same subject keep their order, and a group the
 database refuses is sorted out item by item (models.db.GroupCommit; on PostgreSQL through the recording
-statement in tests/test_evaluation.py)."""
+statement in tests/domain/test_evaluation.py)."""
 
 from __future__ import annotations
 

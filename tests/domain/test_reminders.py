@@ -18,8 +18,8 @@ from models.scores import load_calendar
 from scheduler import reminders
 from scheduler.jobs import scheduled_jobs
 from scheduler.registry import JOBS, JobContext
-from tests.chat import make_service, say
-from tests.factories import small_college
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
 FRIDAY = date(2025, 11, 21)  # week 2025-W47 (17–23 November)

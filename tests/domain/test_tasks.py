@@ -37,9 +37,9 @@ from scheduler import plan_cycle  # noqa: F401  (registers the plan-cycle jobs)
 from scheduler.jobs import scheduled_jobs
 from scheduler.registry import JOBS, JobContext
 from scheduler.runner import run_job
-from tests.chat import make_service, say
-from tests.factories import small_college
-from tests.test_cli import run_bot
+from tests.edges.test_cli import run_bot
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -1,7 +1,7 @@
 """The scheduler's fenced lease, in one process: generations, fenced commits, standing down when the
 lease cannot be renewed, closing runs that died and catching up missed fire times.
 
-The real processes (two schedulers, one killed mid-job) are in tests/test_scheduler.py."""
+The real processes (two schedulers, one killed mid-job) are in tests/edges/test_scheduler.py."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from scheduler.runner import (
     run_job,
     run_scheduler,
 )
-from tests.chat import make_service
-from tests.factories import small_college
-from tests.test_scheduler import wait_for
+from tests.edges.test_scheduler import wait_for
+from tests.fakes.chat import make_service
+from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = date(2025, 11, 24)

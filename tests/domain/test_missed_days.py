@@ -7,9 +7,9 @@ from datetime import time, timedelta
 import pytest
 
 from scheduler.risk_jobs import warning_escalation
-from tests.chat import make_service, say
-from tests.factories import small_college
-from tests.test_warnings import TODAY, messages, recipients, run, warnings
+from tests.dispatch.test_warnings import TODAY, messages, recipients, run, warnings
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 
 @pytest.fixture

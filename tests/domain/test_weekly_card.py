@@ -16,8 +16,8 @@ from models.schema import AuditLog, OutboxMessage, SchoolClass, Student
 from scheduler import weekly_card
 from scheduler.registry import JOBS
 from scheduler.runner import run_job
-from tests.chat import make_service, say
-from tests.factories import small_college
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = date(2025, 11, 24)

@@ -35,8 +35,8 @@ from models.schema import (
 from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, record_entries
 from models.service import Service
 from scheduler.runner import _flush_outbox
-from tests.chat import make_service, say
-from tests.factories import small_college
+from tests.fakes.chat import make_service, say
+from tests.fakes.factories import small_college
 
 TODAY = datetime(2025, 11, 19).date()
 

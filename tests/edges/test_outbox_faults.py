@@ -21,8 +21,8 @@ from bot.service import make_service
 from core.config import ROOT, load_settings
 from scheduler.delivery import Deliverer, make_deliverer, retry_failed
 from scheduler.sending import DUPLICATE_CHECK_S
-from tests.fake_wecom import FakeWeCom
-from tests.test_outbox import NOW, queue, rows, stored_calls
+from tests.edges.test_outbox import NOW, queue, rows, stored_calls
+from tests.fakes.fake_wecom import FakeWeCom
 from wechat.wecom_api import WeComAPI
 
 AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"

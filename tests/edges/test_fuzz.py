@@ -1,6 +1,6 @@
 """Hostile input at volume: generated chat through the encrypted WeCom callback of a live server.
 
-Every message is a valid WeCom envelope around a hostile text (tests/hostile.py), so every
+Every message is a valid WeCom envelope around a hostile text (tests/fakes/hostile.py), so every
 one must be answered 200 with a reply that decrypts, within WeChat's 5 s, never with the
 error apology, and must write exactly what its reply says it recorded, or nothing.
 """
@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 from models.catalogue import Catalogue
 from models.schema import PlanTask, ProcessedMessage, ScoreEntry, Staff
-from tests.hostile import Vocabulary, chat
-from tests.test_wecom import AGENT_ID, CORP_ID, WeComSender, college, new_msg_id, serve  # noqa: F401
+from tests.edges.test_wecom import AGENT_ID, CORP_ID, WeComSender, college, new_msg_id, serve  # noqa: F401
+from tests.fakes.hostile import Vocabulary, chat
 
 EXAMPLES = 1400  # about 1,100 distinct messages (hypothesis repeats some): `make test` sends at least 1,000
 WECHAT_TIMEOUT_S = 5.0

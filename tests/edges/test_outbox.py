@@ -21,7 +21,7 @@ from models.outbox import enqueue
 from models.schema import OutboxCall, OutboxMessage
 from scheduler.delivery import Deliverer, make_deliverer
 from scheduler.sending import bundle
-from tests.fake_wecom import FakeWeCom
+from tests.fakes.fake_wecom import FakeWeCom
 from wechat.wecom_api import MAX_TEXT_BYTES
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -213,8 +213,8 @@ def test_killed_mid_batch_loses_nothing_and_doubles_nothing(service, settings, f
 
 
 def test_the_administrator_sees_failed_deliveries_in_chat(service, fake, session, db_url, today):
-    from tests.chat import make_service, say
-    from tests.factories import small_college
+    from tests.fakes.chat import make_service, say
+    from tests.fakes.factories import small_college
 
     small_college(session)
     fake.known_users = {"wangfang"}

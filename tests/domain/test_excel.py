@@ -26,10 +26,10 @@ from models.io.scores_import import ScoreImportError, import_scores, place_dated
 from models.periods import PeriodError
 from models.schema import AuditLog, RecordingBatch, SchoolClass, ScoreEntry, Student
 from models.scores import load_calendar
-from tests.chat import live_entries as live
-from tests.chat import make_service, say
-from tests.chat import student_id as sid
-from tests.factories import small_college
+from tests.fakes.chat import live_entries as live
+from tests.fakes.chat import make_service, say
+from tests.fakes.chat import student_id as sid
+from tests.fakes.factories import small_college
 
 
 @pytest.fixture
