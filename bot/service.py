@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from core.config import Settings
+from core.config import Settings, load_settings
 from models.risk.rules import RulesError
 from models.service import Service
 from scheduler.notify import warnings as notify_warnings
@@ -20,7 +20,7 @@ def make_service(settings: Settings | None = None, *, clock: Callable[[], dateti
                  background: bool = False) -> Service:
     """A Service whose early warnings speak through scheduler/notify/warnings.py; a rules file
     with a mistake stops it here, with the mistake in words (templates/errors/risk_rules.txt)."""
-    service = Service(settings, clock=clock, background=background, notify=notify_warnings)
+    service = Service(settings or load_settings(), clock=clock, background=background, notify=notify_warnings)
     try:
         service.rules()
     except RulesError as exc:

@@ -124,18 +124,26 @@ def _detail(ctx: Context, ref: str) -> Reply:
         t=task_view(task, ctx.today), task=task, carried=carried_into(ctx.session, task)))
 
 
+def _percent(ctx: Context, args: str, what: str) -> tuple[PlanTask, int, re.Match[str]] | Reply:
+    """`<编号> <0–100> [说明]` for 进度 and 达成度: the task, the percent and the match, or the reply."""
+    m = PERCENT_ARGS.match(_args(args))
+    if m is None:
+        return _reply("task_usage", command=what)
+    found = _resolve(ctx, m["ref"], what)
+    if isinstance(found, Reply):
+        return found
+    if int(m["value"]) > 100:
+        return _reply("task_bad_percent", value=m["value"], what=what)
+    return found, int(m["value"]), m
+
+
 @registry.command(*PROGRESS_NAMES, audience="staff", summary="chat/help/progress.txt")
 def progress_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The owner reports progress 0–100 on an open task."""
-    m = PERCENT_ARGS.match(_args(args))
-    if m is None:
-        return _reply("task_usage", command="进度")
-    found = _resolve(ctx, m["ref"], "进度")
+    found = _percent(ctx, args, "进度")
     if isinstance(found, Reply):
         return found
-    task, value = found, int(m["value"])
-    if value > 100:
-        return _reply("task_bad_percent", value=m["value"], what="进度")
+    task, value, m = found
     if (closed := _closed(ctx, task)) is not None:
         return closed
     note = _typed_note(msg, PROGRESS_NAMES, 2, m["note"])
@@ -170,15 +178,10 @@ def complete_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
 @registry.command(*ACHIEVEMENT_NAMES, audience="staff", summary="chat/help/achievement.txt")
 def achievement_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """The owner reports a task's 达成度 (0–100) for the 事后 review."""
-    m = PERCENT_ARGS.match(_args(args))
-    if m is None:
-        return _reply("task_usage", command="达成度")
-    found = _resolve(ctx, m["ref"], "达成度")
+    found = _percent(ctx, args, "达成度")
     if isinstance(found, Reply):
         return found
-    task, value = found, int(m["value"])
-    if value > 100:
-        return _reply("task_bad_percent", value=m["value"], what="达成度")
+    task, value, m = found
     note = _typed_note(msg, ACHIEVEMENT_NAMES, 2, m["note"])
     old = report_achievement(ctx.session, task, value, ctx.actor.audit_name, note, msg.msg_key)
     ctx.session.flush()

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from core.claims import make_dedupe
-from core.config import Settings, load_settings
+from core.config import Settings
 from models.catalogue import Catalogue, load_catalogue
 from models.db import StatementConnections, make_engine, make_sessionmaker
 from models.directory import DirectoryCache
@@ -21,14 +21,14 @@ from models.scores import RecordingWriter
 class Service:
     """Everything a channel needs to handle a message."""
 
-    def __init__(self, settings: Settings | None = None,
+    def __init__(self, settings: Settings,
                  clock: Callable[[], datetime] | None = None, background: bool = False,
                  notify: Notify | None = None) -> None:
         """`background`: evaluate recordings for early warnings on a thread (web) rather than at once.
         `notify`: the words of the warnings' messages (bot/service.make_service gives it; without
         it, a warning with something to say fails loudly)."""
         self.notify = notify
-        self.settings = settings or load_settings()
+        self.settings = settings
         self.tz = ZoneInfo(self.settings.timezone)
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
