@@ -28,7 +28,7 @@ def bundle_text(bundle: WarningBundle) -> str:
     return fit_items("push/warning_bundle.txt", bundle.items, MAX_TEXT_BYTES, at_least=1, tail="…", cap=bundle.cap)
 
 
-@lru_cache(maxsize=65536)  # a scan repeats the same lines (the same value, count and day) many times
+@lru_cache(maxsize=2048)  # a scan repeats the same lines (the same value, count and day) many times
 def evidence_text(evidence: Evidence) -> str:
     """One line of evidence (push/warning_evidence_<kind>.txt)."""
     return render(f"push/warning_evidence_{evidence.kind}.txt", **evidence.values)
