@@ -35,6 +35,7 @@ def environment() -> Environment:
         keep_trailing_newline=False,
         undefined=StrictUndefined,
         autoescape=False,
+        auto_reload=False,  # templates are read once per process: no stat of the file at every render
     )
     env.filters["signed"] = _signed
     env.filters["num"] = _num
