@@ -9,7 +9,7 @@ scheduler (at its start) and `jobs list` use them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from functools import cached_property
 
@@ -17,7 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.schedules import JOB_SCHEDULES, CycleSettings, ReminderSettings, default_schedules, parse_schedule
+from core.schedules import JOB_SCHEDULES, CycleSettings, ReminderSettings, parse_schedule
 from models.catalogue import Catalogue
 from models.periods import Calendar
 from models.scores import load_calendar
@@ -26,22 +26,27 @@ from models.scores import load_calendar
 @dataclass
 class JobContext:
     """What a job may use: a session (its transaction), the clock it runs at, the catalogue, and
-    the settings of the jobs (the defaults unless the runner passes the service's)."""
+    the service's settings (its schedules, reminder and plan-cycle settings, the rules' path)."""
 
     session: Session
     now: datetime  # aware, in APP_TIMEZONE; `jobs run --now` sets it
     catalogue: Catalogue
-    public_base_url: str
-    schedules: Mapping[str, dict[str, str]] = field(default_factory=default_schedules)
-    reminders: ReminderSettings = field(default_factory=ReminderSettings)
-    cycle: CycleSettings = field(default_factory=CycleSettings)
-    settings: Settings | None = None  # the service's (the early-warning jobs read the rule book's settings)
+    settings: Settings
 
-    @classmethod
-    def of(cls, settings: Settings, session: Session, now: datetime, catalogue: Catalogue) -> JobContext:
-        """A context with the settings' values."""
-        return cls(session=session, now=now, catalogue=catalogue, public_base_url=settings.public_base_url,
-                   schedules=settings.schedules, reminders=settings.reminders, cycle=settings.cycle, settings=settings)
+    @property
+    def schedules(self) -> Mapping[str, dict[str, str]]:
+        """Every job's schedule (cron fields), from the settings."""
+        return self.settings.schedules
+
+    @property
+    def reminders(self) -> ReminderSettings:
+        """The reminders' days and weeks."""
+        return self.settings.reminders
+
+    @property
+    def cycle(self) -> CycleSettings:
+        """The plan cycle's dates."""
+        return self.settings.cycle
 
     @property
     def today(self) -> date:

@@ -23,8 +23,6 @@ from scheduler.registry import JobContext, job
 
 
 def _rules(ctx: JobContext) -> RuleBook:
-    if ctx.settings is None:
-        raise RuntimeError("the early-warning jobs need the service's settings (JobContext.of)")
     return rule_book(ctx.settings, ctx.catalogue)
 
 

@@ -213,7 +213,7 @@ def run_job(service: Service, name: str, now: datetime | None = None,
         run = JobRun(job=name, as_of=now, host=host)
         session.add(run)
         session.commit()
-        ctx = JobContext.of(service.settings, session, now, service.catalogue)
+        ctx = JobContext(session, now, service.catalogue, service.settings)
         try:
             result = job.func(ctx)
             if lease is not None and (generation is None or not lease.fence(session, generation)):

@@ -99,7 +99,7 @@ def findings(session, catalogue, day: date = TODAY) -> set[tuple[str, str]]:
 
 def job_ctx(session, catalogue, day: date, at: time = time(6, 40), settings=SETTINGS) -> JobContext:
     return JobContext(session=session, now=datetime.combine(day, at, TZ), catalogue=catalogue,
-                      public_base_url="http://x", settings=settings)
+                      settings=settings)
 
 
 def run(job, session, catalogue, day: date, at: time = time(6, 40), settings=SETTINGS) -> str:

@@ -22,13 +22,14 @@ from tests.fakes.chat import make_service, say
 from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
+SETTINGS = load_settings(environ={"SECRET_KEY": "test"})  # the defaults, whatever the environment says
 FRIDAY = date(2025, 11, 21)  # week 2025-W47 (17–23 November)
 
 
 def run(job, session, catalogue, day: date, at: time = time(15, 10)) -> str:
     """Run a job as the scheduler would at `day` `at`, then commit (the runner's part)."""
     ctx = JobContext(session=session, now=datetime.combine(day, at, TZ), catalogue=catalogue,
-                     public_base_url="http://x")
+                     settings=SETTINGS)
     result = job(ctx)
     session.commit()
     return result

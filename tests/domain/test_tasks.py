@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -42,6 +43,7 @@ from tests.fakes.chat import make_service, say
 from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
+SETTINGS = load_settings(environ={"SECRET_KEY": "test"})  # the defaults, whatever the environment says
 
 
 def worded(problems: list) -> list[str]:
@@ -118,7 +120,7 @@ def task(session, code: str, owner: str, supervisor: str | None, due: date, *, s
 def run(job_name: str, session, catalogue, day: date, at: time = time(8, 20),
         cycle: CycleSettings | None = None) -> str:
     ctx = JobContext(session=session, now=datetime.combine(day, at, TZ), catalogue=catalogue,
-                     public_base_url="http://x", cycle=cycle or CycleSettings())
+                     settings=replace(SETTINGS, cycle=cycle or CycleSettings()))
     result = JOBS[job_name].func(ctx)
     session.commit()
     assert isinstance(result, str) and "\n" not in result
