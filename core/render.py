@@ -71,18 +71,20 @@ def cut_to_bytes(text: str, limit: int, tail: str = "") -> str:
     return data[:limit - utf8_size(tail)].decode("utf-8", errors="ignore") + tail
 
 
-def fit_items(template: str, items: Sequence[object], limit: int, /, *, at_least: int = 0, tail: str = "",
-              **context: object) -> str:
+def fit_items(template: str, items: Sequence[object], limit: int, /, *, at_least: int = 0,
+              at_most: int | None = None, tail: str = "", **context: object) -> str:
     """A template of a list (it renders `items` and says how many `more` were left out) within
-    `limit` bytes: with as many items as fit, at least `at_least`, cut (ending with `tail`) if even
-    those do not fit. One item fewer is always shorter, so the most that fit are found by halving."""
+    `limit` bytes: with as many items as fit, at least `at_least` and at most `at_most`, cut (ending
+    with `tail`) if even those do not fit. One item fewer is always shorter, so the most that fit
+    are found by halving."""
     def attempt(n: int) -> str:
         return render(template, items=list(items[:n]), more=len(items) - n, **context)
 
-    body = attempt(len(items))
-    if utf8_size(body) <= limit or len(items) <= at_least:
+    most = len(items) if at_most is None else min(len(items), at_most)
+    body = attempt(most)
+    if utf8_size(body) <= limit or most <= at_least:
         return cut_to_bytes(body, limit, tail)
-    low, high = at_least, len(items) - 1
+    low, high = at_least, most - 1
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if utf8_size(attempt(mid)) <= limit else (low, mid - 1)

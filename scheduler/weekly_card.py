@@ -37,7 +37,7 @@ from statistics import fmean
 
 from sqlalchemy import select
 
-from core.render import cut_to_bytes, render, utf8_size
+from core.render import fit_items
 from models.card import Card, Entry
 from models.cards import cards_from_entries, load_entries
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
@@ -170,17 +170,10 @@ def next_step(todos: list[dict], card: Card) -> dict:
 
 
 def card_body(name: str, signer: str, head: str | None, week: DigestWeek, card: Card, facts: dict) -> str:
-    """The message, cut to WeCom's 2048 bytes by listing fewer records if ever needed."""
-    recorded = facts["recorded"]
-    shown = min(len(recorded), RECORDED_SHOWN)
-    while True:
-        body = render("push/weekly_card.txt", name=name, signer=signer, head=head, week=week, card=card,
-                      domains=facts["domains"], recorded=recorded[:shown], more=len(recorded) - shown,
-                      todos=facts["todos"], step=facts["step"])
-        if utf8_size(body) <= MAX_TEXT_BYTES or shown == 0:
-            break
-        shown -= 1
-    return cut_to_bytes(body, MAX_TEXT_BYTES)
+    """The message, within WeCom's 2048 bytes by listing fewer records if ever needed."""
+    return fit_items("push/weekly_card.txt", facts["recorded"], MAX_TEXT_BYTES, at_most=RECORDED_SHOWN,
+                     name=name, signer=signer, head=head, week=week, card=card, domains=facts["domains"],
+                     todos=facts["todos"], step=facts["step"])
 
 
 @dataclass
