@@ -232,6 +232,64 @@ class OutboxMessage(Base):
     delivery_ref: Mapped[str | None] = mapped_column(String(64))
 
 
+class BindCode(Base):
+    """A one-time code that binds an Official Account follower to a student, as that student or as a
+    parent (PRODUCT.md §4.1). Only its hash is stored; it is used once, expires, and a newer code of
+    the same student and kind voids it."""
+
+    __tablename__ = "bind_code"
+    __table_args__ = (Index("ix_bind_code_open", "student_id", "kind", "used_at", "voided_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("student.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # student | parent
+    code_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256(SECRET_KEY, student id + code), hex
+    issued_by: Mapped[str] = mapped_column(String(64))  # Actor.audit_name of the 班主任/辅导员, or the CLI
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by: Mapped[str | None] = mapped_column(String(64))  # the openid it bound
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FollowerBinding(Base):
+    """An Official Account follower (openid) bound to one student, as the student or as a parent.
+    One binding per openid; one student-kind binding per student (the partial unique index below);
+    at most four parents per student (checked under the student's row lock)."""
+
+    __tablename__ = "follower_binding"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    openid: Mapped[str] = mapped_column(String(64), unique=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("student.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # student | parent
+    weekly_card: Mapped[bool] = mapped_column(Boolean, default=True)  # a parent's 退订周报 / 订阅周报
+    bound_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    code_id: Mapped[int | None] = mapped_column(ForeignKey("bind_code.id"))
+
+
+class BindFailure(Base):
+    """A wrong 绑定 try from one openid: five within an hour lock that openid out for an hour."""
+
+    __tablename__ = "bind_failure"
+    __table_args__ = (Index("ix_bind_failure_openid_at", "openid", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    openid: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MpFollower(Base):
+    """What the Official Account told us of a follower: when they last wrote (customer-service
+    messages are accepted only within 48 hours of it) and whether they still follow."""
+
+    __tablename__ = "mp_follower"
+
+    openid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    following: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
 class JobRun(Base):
     """One run of a scheduled job (by the scheduler or `jobs run`), for `jobs list`."""
 
@@ -432,3 +490,7 @@ event.listen(DigestState.__table__, "after_create",
 # live (NULL), so recording never touches this index.
 Index("ix_score_revoked", ScoreEntry.revoked_at, postgresql_where=ScoreEntry.revoked_at.is_not(None),
       sqlite_where=ScoreEntry.revoked_at.is_not(None))
+
+# A student has at most one binding as the student themself (parents: several, counted in code).
+Index("ux_follower_binding_self", FollowerBinding.student_id, unique=True,
+      postgresql_where=FollowerBinding.kind == "student", sqlite_where=FollowerBinding.kind == "student")
