@@ -1,4 +1,12 @@
-"""The inbound road every channel takes: dedupe, identify the sender, dispatch, commit, reply."""
+"""The inbound road every channel takes: identify the sender, dispatch, commit with dedupe, reply.
+
+Every message with a key (MsgId; sender + CreateTime for a menu click) is handled at most once by
+its processed row: its unique key is written in the same transaction (for a recording, the same
+statement) as whatever the message changed. A twin (WeChat's retry, racing the first delivery or
+after it, on any worker) meets that key at its commit, writes nothing, and answers the stored reply;
+a first delivery that failed left no row, so its retry is handled. No claim is taken before: the
+database's key alone decides, with Redis or without it, and nothing outlives a killed worker.
+"""
 
 from __future__ import annotations
 
@@ -23,30 +31,9 @@ from models.service import Service
 
 log = logging.getLogger(__name__)
 
-# A retry that arrives while the first delivery is still being handled waits this long for the
-# first one's reply (WeChat gives each attempt 5 s). Longer than a claim lives (core.claims.CLAIM_TTL):
-# a retry never gives up on a message whose handler died; it takes the lapsed claim over instead.
-TWIN_WAIT_S = 4.0
-
-
 def _stored_reply(service: Service, key: str) -> str | None:
     with service.sessions() as session:
         return session.scalar(select(ProcessedMessage.reply).where(ProcessedMessage.msg_key == key))
-
-
-def _await_twin(service: Service, key: str) -> Reply | None:
-    """The reply of the worker handling the same message, once it is stored; None when that
-    worker's claim lapsed first (it died mid-message) and the claim is now ours to handle it."""
-    deadline = time.monotonic() + TWIN_WAIT_S
-    while True:
-        stored = _stored_reply(service, key)
-        if stored is not None:
-            return Reply(stored)
-        if service.dedupe.claim(key):
-            return None
-        if time.monotonic() >= deadline:
-            return Reply("")  # still being handled: WeChat's next retry asks again
-        time.sleep(0.05)
 
 
 # A reply rendered from one of these templates (by stem, under templates/chat/) answered a
@@ -96,11 +83,6 @@ def handle_message(service: Service, msg: IncomingMessage) -> Reply:
 
 
 def _handle(service: Service, msg: IncomingMessage, key: str | None, trace: Trace) -> Reply:
-    if key and not service.dedupe.claim(key):
-        twin = _await_twin(service, key)
-        if twin is not None:
-            trace.outcome = "duplicate"
-            return twin
     try:
         try:
             return _handle_once(service, msg, key, trace)
@@ -112,7 +94,8 @@ def _handle(service: Service, msg: IncomingMessage, key: str | None, trace: Trac
             log.warning("database connection lost; handling %s again on a fresh one", key)
             return _handle_once(service, msg, key, trace)
     except IntegrityError as exc:
-        # The same message committed by another worker while Redis was unavailable.
+        # A twin of this message (WeChat's retry, racing it or after it) committed first: its processed
+        # row's key is taken, nothing of ours was written, and the sender gets the twin's reply.
         if key:
             stored = _stored_reply(service, key)
             if stored is not None:
@@ -122,8 +105,6 @@ def _handle(service: Service, msg: IncomingMessage, key: str | None, trace: Trac
     except Exception as exc:  # noqa: BLE001 - logged (without its message: it may quote data), answered politely
         log_failure(log, f"error handling message {key} (command {trace.command})", exc)
     trace.outcome = "error"
-    if key:
-        service.dedupe.release(key)
     return Reply(render("chat/error.txt"))
 
 

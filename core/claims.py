@@ -1,11 +1,11 @@
-"""Short in-progress claims on inbound message ids: Redis when configured, memory otherwise.
+"""Short claims on inbound event keys: Redis when configured, memory otherwise.
 
-A claim only says "a worker is handling this message now"; it lapses after CLAIM_TTL seconds,
-so a worker killed mid-message blocks nobody for long: WeChat's next retry (5 s later) finds
-the claim gone and is handled. The permanent record is the processed_message row, whose unique
-msg_key is written in the same transaction as whatever the message changed: a retry that
-arrives after the claim lapsed, or while Redis is down, meets that key and gets the stored reply,
-so a lapsed claim or a Redis outage can cost speed but never a doubled record.
+An event that changes nothing (entering the app, following the Official Account) is answered
+with a welcome once: a claim on its key (sender + CreateTime + event) says it was answered. A
+claim lapses after CLAIM_TTL seconds, longer than WeChat's three tries take together.
+
+Messages are not claimed: their processed row's unique key, written in the same transaction as
+whatever they changed, handles each at most once (bot/pipeline.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import redis
 
 log = logging.getLogger(__name__)
 
-# A message is handled in well under a second. A claim outlives its worker (SIGKILL, OOM) by at
-# most this; WeChat's retry waits for a claim in force (bot.pipeline.TWIN_WAIT_S, longer than this)
-# and, when it lapses unanswered, handles the message itself, inside WeChat's 5 s.
-CLAIM_TTL = 3
+# WeChat tries an event three times, 5 s apart: a claim outlives them all.
+CLAIM_TTL = 30
 
 
 class MemoryDedupe:
