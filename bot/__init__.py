@@ -12,7 +12,7 @@ from models.service import Service
 
 
 def create_app(settings: Settings | dict | None = None, service: Service | None = None) -> Flask:
-    """Build the web app (WeCom callback, health) and register the CLI commands."""
+    """Build the web app (WeCom and Official Account callbacks, health) and register the CLI commands."""
     if service is None:
         if not isinstance(settings, Settings):
             settings = load_settings(settings)
@@ -32,5 +32,9 @@ def create_app(settings: Settings | dict | None = None, service: Service | None 
         from bot.channels.wecom import wecom
 
         app.register_blueprint(wecom)
+    from bot.channels import mp
+
+    if mp.enabled(service.settings):
+        app.register_blueprint(mp.mp)
     register_cli(app)
     return app

@@ -80,10 +80,10 @@ def image_xml(sender: str) -> str:
             f"<MsgId>{new_msg_id()}</MsgId><AgentID>{AGENT_ID}</AgentID></xml>")
 
 
-def event_xml(sender: str, event: str, create_time: int | None = None) -> str:
+def event_xml(sender: str, event: str, create_time: int | None = None, key: str = "") -> str:
     return (f"<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[{sender}]]></FromUserName>"
             f"<CreateTime>{create_time or int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-            f"<Event><![CDATA[{event}]]></Event><EventKey><![CDATA[]]></EventKey>"
+            f"<Event><![CDATA[{event}]]></Event><EventKey><![CDATA[{key}]]></EventKey>"
             f"<AgentID>{AGENT_ID}</AgentID></xml>")
 
 
@@ -327,6 +327,29 @@ def test_welcome_on_entering_the_app_once_and_nothing_for_other_events(serve, co
     for event in ("LOCATION", "click", "view", "change_contact", "some_future_event"):
         resp = wecom.post(event_xml("wangfang", event))
         assert resp.status_code == 200 and resp.content == b"", event
+
+
+def test_a_menu_click_is_its_command_answered_once(serve, college, session):
+    """A student clicks the 储值卡 menu: their card, as if they had typed it; WeCom's retry of the
+    same click (same sender and CreateTime) gets the same reply and is handled once."""
+    wecom = serve()
+    created = int(time.time())
+    params, body = wecom.envelope(wecom.encrypt(event_xml("zhangsan", "click", created, key="储值卡")))
+    first = wecom.reply_text(wecom.post_raw(params, body))
+    assert "张三（计算机2301）储值卡" in first, first
+    assert wecom.reply_text(wecom.post_raw(params, body)) == first
+    session.rollback()
+    assert list(session.scalars(select(ProcessedMessage.msg_key))) == [f"wecom:zhangsan:{created}:click"]
+    # Another click is another second: events are keyed by sender and CreateTime (PRODUCT.md §4).
+    help_text = wecom.reply_text(wecom.post(event_xml("zhangsan", "click", created + 1, key="帮助")))
+    assert "储值卡" in help_text and help_text != first
+
+
+def test_view_events_are_an_empty_200(serve, college, session):
+    wecom = serve()
+    resp = wecom.post(event_xml("zhangsan", "view", key="http://localhost:8000/h5/card"))
+    assert resp.status_code == 200 and resp.content == b""
+    assert count(session, ProcessedMessage) == 0
 
 
 def test_unknown_sender_is_told_how_to_get_bound(serve, college, session):
