@@ -23,6 +23,7 @@ from core import render as templating
 from core.messages import IncomingMessage, Reply
 from core.render import render
 from handlers.registry import Context, UnitOfWork, clean_text, registry
+from models.binding import follower_identity
 from models.db import ConnectionLost
 from models.directory import console_user
 from models.errors import log_failure
@@ -30,6 +31,7 @@ from models.schema import ProcessedMessage
 from models.service import Service
 
 log = logging.getLogger(__name__)
+
 
 def _stored_reply(service: Service, key: str) -> str | None:
     with service.sessions() as session:
@@ -39,7 +41,7 @@ def _stored_reply(service: Service, key: str) -> str | None:
 # A reply rendered from one of these templates (by stem, under templates/chat/) answered a
 # refusal or a message that could not be acted on; anything else is "ok".
 _REFUSED = ("not_allowed", "unknown_sender", "sender_ambiguous", "_out_of_scope", "_students_own", "_cannot_record",
-            "_not_owner", "_not_yours")
+            "_not_owner", "_not_yours", "mp_unbound", "_locked")
 _BAD_INPUT = ("_usage", "_not_found", "_ambiguous", "_rejected", "unknown_command", "bad_", "empty", "not_text",
               "_already", "undo_nothing", "task_closed")
 
@@ -131,15 +133,21 @@ def _dispatch(service: Service, work: UnitOfWork, msg: IncomingMessage, key: str
         trace.command = "not-text"
         return Reply(render("chat/not_text.txt"))
     directory = service.directory.get(service.sessions)
-    sender = directory.identify(msg.sender, console_user=console_user() if msg.channel == "console" else None)
-    if sender.ambiguous:
-        trace.command = "unknown-sender"
-        return Reply(render("chat/sender_ambiguous.txt", userid=msg.sender))
-    actor = sender.actor
-    if actor is None:
-        trace.command = "unknown-sender"
-        return Reply(render("chat/unknown_sender.txt", userid=msg.sender))
+    if msg.channel == "mp":  # an Official Account follower is who their binding says
+        actor = follower_identity(work.session, msg.sender)
+    else:
+        sender = directory.identify(msg.sender, console_user=console_user() if msg.channel == "console" else None)
+        if sender.ambiguous:
+            trace.command = "unknown-sender"
+            return Reply(render("chat/sender_ambiguous.txt", userid=msg.sender))
+        actor = sender.actor
+        if actor is None:
+            trace.command = "unknown-sender"
+            return Reply(render("chat/unknown_sender.txt", userid=msg.sender))
     text = clean_text(msg.text)
+    if actor.is_unbound_follower and not ((found := registry.resolve(text)) and found[0].admits(actor)):
+        trace.command = "unbound-follower"
+        return Reply(render("chat/mp_unbound.txt"))
     if not text:
         trace.command = "empty"
         return Reply(render("chat/empty.txt"))
@@ -151,7 +159,7 @@ def _dispatch(service: Service, work: UnitOfWork, msg: IncomingMessage, key: str
         cmd, args = found
         trace.command = cmd.names[0]
         if not cmd.admits(actor):
-            return Reply(render("chat/not_allowed.txt", command=cmd.names[0], actor=actor))
+            return Reply(render("chat/not_allowed.txt", command=cmd.names[0], actor=actor, audience=cmd.audience))
         return cmd.handler(msg, args, ctx)
     assert registry.fallback is not None
     trace.command = "fallback"

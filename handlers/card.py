@@ -86,13 +86,14 @@ def mean_unit(line) -> str | None:  # noqa: ANN001 - a CardLine
 def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     """A student's own card, or (for staff) a student's card within scope."""
     actor = ctx.actor
+    own = actor.own_card  # a student's own card, or a parent's child's (without sensitive points)
     if not args:
-        if actor.is_student:
-            student = ctx.session.get(Student, actor.student_id)
+        if own is not None:
+            student = ctx.session.get(Student, own)
             return Reply(render_student_card(ctx, student, student_view(actor, student.id, student.class_id)))
         return Reply(render("chat/card_usage.txt"))
-    if actor.is_student:
-        return Reply(render("chat/card_students_own.txt"))
+    if own is not None:
+        return Reply(render("chat/card_students_own.txt", actor=actor))
     if viewable_classes(actor) == set():
         return Reply(render("chat/card_out_of_scope.txt", name=args.split()[0], actor=actor))
     found = find_student(ctx, args.split()[0])

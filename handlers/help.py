@@ -18,6 +18,7 @@ def help_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
             if p.derived is None and recordable_classes(actor, p) != set():
                 points.append(p.short)
     # A summary may name a setting, e.g. {{ settings.export_link_hours }}.
-    summaries = [render(c.summary, settings=ctx.settings) for c in registry.visible_to(actor) if c.summary]
+    summaries = [render(c.summary, settings=ctx.settings, actor=actor)
+                 for c in registry.visible_to(actor) if c.summary]
     return Reply(render("chat/help.txt", actor=actor, summaries=summaries,
                         points=list(dict.fromkeys(points))))

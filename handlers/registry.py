@@ -80,17 +80,32 @@ class Context:
 class Command:
     names: tuple[str, ...]
     handler: Handler
-    audience: str  # staff | student | anyone
+    # Who may use it, one or several joined by "|": staff | student | parent | follower (anyone writing
+    # on the Official Account, bound or not) | bound (a follower bound as a student or a parent) |
+    # anyone (everyone known: an unbound follower may only bind).
+    audience: str
     summary: str  # the template of its line in 帮助, e.g. "chat/help/card.txt" ("": not listed)
     roles: frozenset[str] = frozenset()  # empty: every staff role
 
     def admits(self, actor: Actor) -> bool:
         """May `actor` use this command (its audience and roles)?"""
-        if self.audience == "student":
-            return actor.is_student
-        if self.audience == "staff":
-            return actor.is_staff and (not self.roles or bool(self.roles & actor.roles))
-        return True
+        return any(_admits(audience, self.roles, actor) for audience in self.audience.split("|"))
+
+
+def _admits(audience: str, roles: frozenset[str], actor: Actor) -> bool:
+    if audience == "student":
+        return actor.is_student
+    if audience == "staff":
+        return actor.is_staff and (not roles or bool(roles & actor.roles))
+    if audience == "parent":
+        return actor.is_parent
+    if audience == "follower":
+        return actor.follower
+    if audience == "bound":
+        return actor.follower and not actor.is_unbound_follower
+    if audience == "anyone":
+        return not actor.is_unbound_follower
+    raise ValueError(f"audience={audience!r}: not a known audience")
 
 
 @dataclass
@@ -105,6 +120,9 @@ class Registry:
         """Register the decorated handler under `names`; `summary` is its 帮助 line's template."""
         if summary and not (summary.startswith("chat/help/") and summary.endswith(".txt")):
             raise ValueError(f"summary={summary!r}: name a template under templates/chat/help/")
+
+        for one in audience.split("|"):
+            _admits(one, frozenset(), Actor(userid="", name=""))  # an unknown audience fails at import
 
         def register(func: Handler) -> Handler:
             self.commands.append(Command(names, func, audience, summary, frozenset(roles)))

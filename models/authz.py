@@ -51,6 +51,8 @@ class Actor:
     taught_classes: set[int] = field(default_factory=set)
     department_classes: set[int] = field(default_factory=set)
     console_user: str | None = None  # the operating-system user, when the sender is at the console
+    follower: bool = False  # an Official Account follower (known by openid, bound or not)
+    parent_of: int | None = None  # a follower bound as a parent: the child's student id
 
     @property
     def is_staff(self) -> bool:
@@ -59,6 +61,20 @@ class Actor:
     @property
     def is_student(self) -> bool:
         return self.student_id is not None
+
+    @property
+    def is_parent(self) -> bool:
+        return self.parent_of is not None
+
+    @property
+    def is_unbound_follower(self) -> bool:
+        """A follower not bound to any student: they may only bind."""
+        return self.follower and not self.is_student and not self.is_parent
+
+    @property
+    def own_card(self) -> int | None:
+        """The student whose card is "mine": the student's own, or a parent's child's."""
+        return self.student_id if self.student_id is not None else self.parent_of
 
     @property
     def audit_name(self) -> str:
@@ -113,6 +129,8 @@ def student_view(actor: Actor, student_id: int, class_id: int) -> View:
     """How much of a student's card `actor` may see."""
     if actor.student_id == student_id:
         return View(FULL, True)
+    if actor.parent_of == student_id:
+        return View(FULL, False)  # a parent sees the child's card, never a sensitive point
     if not actor.is_staff:
         return NO_VIEW
     domains: set[str] = set()
