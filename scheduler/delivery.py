@@ -20,6 +20,11 @@ session): it stores a few calls and marks their rows inflight in one commit befo
 to the threads, and records the outcomes of the calls that have finished in one commit after.
 A flush claims the due rows a batch at a time (by ascending id) until none is left.
 
+Rows of channel "mp" (an openid) take the same road through the Official Account's API, one row a
+call (text rows bundled), with its own rules in scheduler/mp_delivery.py: a template message or a
+customer-service one within the 48-hour window, and, WeChat having no duplicate check there, a call
+whose outcome is unknown is never made again: its rows fail with that reason.
+
 Here the flush (plan the calls, store them, hand them out, record their outcomes); which rows are due
 and how they are claimed in scheduler/outbox_claim.py; what one send is (bundles, payload, rate limits
 per member, back-off, the duplicate check) in scheduler/sending.py.
@@ -45,8 +50,10 @@ from core import metrics
 from core.render import render
 from models.schema import OutboxCall, OutboxMessage, Staff, Student
 from models.service import Service
+from scheduler.mp_delivery import fail_unconfigured, fail_unknown, mp_failed, plan_mp
 from scheduler.outbox_claim import claim_due, forget_calls, mark
 from scheduler.sending import DUPLICATE_CHECK_S, MAX_ATTEMPTS, RateLimiter, backoff, groups, payload
+from wechat.mp_api import MpAPI, endpoint_of
 from wechat.wecom_api import MAX_RECIPIENTS, WeComAPI, WeComAPIError
 
 log = logging.getLogger(__name__)
@@ -78,30 +85,34 @@ def _names(session: Session, userids: set[str]) -> dict[str, str]:
 
 @dataclass
 class _Call:
-    """One message/send: its payload (stored before it is made), the rows it carries, whether it is an
-    unknown call made again; `ref` is None until it is stored."""
+    """One message/send (or, channel "mp", one Official Account message): its payload (stored before it
+    is made), the rows it carries, whether it is an unknown call made again; `ref` is None until it is
+    stored."""
 
     payload: dict
     rows: list[OutboxMessage]
     ref: str | None = None
     resend: bool = False
+    channel: str = "wecom"
 
     def people(self) -> set[str]:
         return {r.recipient for r in self.rows}
 
 
 class Deliverer:
-    """One flush of the outbox through WeCom, or printed to a terminal (the console channel).
+    """One flush of the outbox through WeCom and the Official Account (`mp`), or printed to a
+    terminal (the console channel).
 
-    With neither (no WeCom configured and no terminal, e.g. the scheduler of a console-only
+    With none of them (nothing configured and no terminal, e.g. the scheduler of a console-only
     install) nothing can reach anyone, so rows stay pending for a flush that can.
     """
 
     def __init__(self, service: Service, api: WeComAPI | None, out: TextIO | None = None,
                  redis_client: redis.Redis | None = None, as_push: bool = False,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, mp: MpAPI | None = None) -> None:
         self.service = service
         self.api = api
+        self.mp = mp
         self.out = out
         self.as_push = as_push  # printed as pushes in a console chat rather than as a delivery list
         self.limiter = RateLimiter(redis_client)
@@ -127,7 +138,7 @@ class Deliverer:
               recipients: set[str] | None = None) -> DeliveryReport:
         """Deliver what is due (to `recipients` only, if given), claiming `limit` rows at a time;
         `max_calls` stops early (tests use it to simulate a crash)."""
-        if self.api is None and self.out is None:
+        if self.api is None and self.mp is None and self.out is None:
             return self.report  # no channel that could send: the rows wait
         self._now = now or self.service.now()
         self._start = self._extended = time.monotonic()
@@ -137,10 +148,9 @@ class Deliverer:
                 after = 0
                 while not self._enough():
                     claim = claim_due(session, self._current(), limit, self.claim_s, self.token, recipients,
-                                   unknown_calls=self.api is not None, after=after)
+                                   unknown_calls=self.api is not None or self.mp is not None, after=after)
                     after = claim.last_id
-                    self._open_refs |= set(claim.resend)
-                    calls = [_Call(payload, rows, ref, resend=True) for ref, (payload, rows) in claim.resend.items()]
+                    calls = self._unknown(session, claim.resend)
                     calls += self._plan(session, claim.fresh)
                     self._run(session, calls)
                     if claim.taken < limit:
@@ -157,6 +167,20 @@ class Deliverer:
     def _enough(self) -> bool:
         return self._max_calls is not None and self.report.calls >= self._max_calls
 
+    def _unknown(self, session: Session, resend: dict[str, tuple[dict, list[OutboxMessage]]]) -> list[_Call]:
+        """Calls whose outcome is unknown: WeCom ones made again (its duplicate check recognises a
+        twin); Official Account ones, which have no such check, fail with that reason. Without WeCom
+        configured, its calls stay inflight for a flush that has it."""
+        calls = []
+        for ref, (body, rows) in resend.items():
+            if rows[0].channel == "mp":
+                fail_unknown(session, rows, self.report)
+            elif self.api is not None:
+                self._open_refs.add(ref)
+                calls.append(_Call(body, rows, ref, resend=True))
+        session.commit()
+        return calls
+
     def _plan(self, session: Session, rows: list[OutboxMessage]) -> list[_Call]:
         """Fresh rows as calls: bundled per person, identical bodies batched; console ones printed now."""
         now = self._current()
@@ -166,6 +190,7 @@ class Deliverer:
         calls: dict[tuple[str, str, str, str | None, str | None], list[tuple[str, list[OutboxMessage]]]] = \
             defaultdict(list)
         held: list[OutboxMessage] = []
+        out: list[_Call] = self._plan_mp(session, by_person, now)
         for person, mine in by_person.items():
             for content, group in groups(mine):
                 channel = "console" if self.api is None or group[0].channel == "console" else "wecom"
@@ -184,7 +209,6 @@ class Deliverer:
         session.commit()
         names = _names(session, set(by_person)) if self.out is not None and by_person else {}
         agent = self.service.settings.wecom_agent_id or ""
-        out: list[_Call] = []
         for (channel, msgtype, content, title, url), recipients in calls.items():
             for start in range(0, len(recipients), MAX_RECIPIENTS):
                 chunk = recipients[start:start + MAX_RECIPIENTS]
@@ -199,6 +223,31 @@ class Deliverer:
                             enable_duplicate_check=1, duplicate_check_interval=DUPLICATE_CHECK_S)
                 out.append(_Call(body, [r for _p, group in chunk for r in group]))
         return out
+
+    def _plan_mp(self, session: Session, by_person: dict[str, list[OutboxMessage]], now: datetime) -> list[_Call]:
+        """Take the "mp" rows out of `by_person` and plan them (scheduler/mp_delivery.py). Without the
+        Official Account configured they are printed by a console-only flush, else failed with that reason."""
+        mine: dict[str, list[OutboxMessage]] = {}
+        for person in list(by_person):
+            rows = [r for r in by_person[person] if r.channel == "mp"]
+            if rows and (self.mp is not None or self.api is not None):
+                mine[person] = rows
+                by_person[person] = [r for r in by_person[person] if r.channel != "mp"]
+                if not by_person[person]:
+                    del by_person[person]
+        if not mine:
+            return []
+        if self.mp is None:
+            fail_unconfigured(session, [r for rows in mine.values() for r in rows], self.report)
+            return []
+        plan = plan_mp(session, self.service.settings, mine, self.limiter, now)
+        if plan.held:
+            mark(session, plan.held, commit=False, status="pending", claimed_until=None, delivery_ref=None,
+                 next_attempt_at=RateLimiter.retry_after(now))
+            self.report.deferred += len(plan.held)
+        self.report.failed += len(plan.unreachable)
+        self.report.failures += [f"{r.recipient}: no template, window closed" for r in plan.unreachable]
+        return [_Call(body, rows, channel="mp") for body, rows in plan.calls]
 
     # ── calls in flight ─────────────────────────────────────────────────────
 
@@ -273,14 +322,20 @@ class Deliverer:
             calls = [c for c in calls if c is not lost]
 
     def _hand_out(self, call: _Call) -> None:
-        assert self.api is not None and call.ref is not None
+        assert call.ref is not None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox")
         self._open_refs.add(call.ref)
         for person in call.people():
             self._busy[person] += 1
         self.report.calls += 1
-        self._running[self._pool.submit(self.api.post, "message/send", call.payload)] = call
+        if call.channel == "mp":
+            assert self.mp is not None
+            future = self._pool.submit(self.mp.post, endpoint_of(call.payload), call.payload)
+        else:
+            assert self.api is not None
+            future = self._pool.submit(self.api.post, "message/send", call.payload)
+        self._running[future] = call
 
     def _collect(self, session: Session, block: bool) -> None:
         """Record the outcome of every call that has finished, in one commit."""
@@ -304,6 +359,14 @@ class Deliverer:
                     del self._busy[person]
             self._open_refs.discard(call.ref)
             (shared if call.resend else finished).add(call.ref)
+            if call.channel == "mp":
+                try:
+                    future.result()
+                except Exception as exc:  # WeChat's refusal, no answer, or a bug below us: mp_failed tells
+                    mp_failed(session, call.rows, exc, now, self.report, self.service.settings.redis_url)
+                else:
+                    sent += call.rows
+                continue
             try:
                 result = future.result()
             except WeComAPIError as exc:
@@ -416,9 +479,11 @@ def show_pushes(service: Service, userid: str, out: TextIO) -> int:
 
 
 def make_deliverer(service: Service, out: TextIO | None = None) -> Deliverer:
-    """WeCom when configured; otherwise the console channel prints what it would send."""
-    client = redis.Redis.from_url(service.settings.redis_url, socket_connect_timeout=0.5,
-                                  socket_timeout=1) if service.settings.redis_url else None
-    api = WeComAPI(service.settings, client) if service.settings.wecom_enabled and \
-        service.settings.wecom_secret else None
-    return Deliverer(service, api, out, client)
+    """WeCom and the Official Account when configured (MP_APP_ID and MP_APP_SECRET); with neither, the
+    console channel prints what it would send."""
+    settings = service.settings
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5,
+                                  socket_timeout=1) if settings.redis_url else None
+    api = WeComAPI(settings, client) if settings.wecom_enabled and settings.wecom_secret else None
+    mp = MpAPI(settings, client) if settings.mp_app_id and settings.mp_app_secret else None
+    return Deliverer(service, api, out, client, mp=mp)

@@ -20,9 +20,16 @@ The next step is the first of: attendance, homework, an overdue plan, a plan due
 domain with the lowest subtotal, and (no record at all) a good start — absences and missed
 work come first because they are what predicts failing a course.
 
-Only students with a WeCom account and `weekly_card` on (`退订周报` turns it off) get one; the
-outbox key (student + "student_weekly_card" + ISO week) makes a rerun send nothing new.
-Entries are loaded for 1,000 students per query, and messages inserted in bulk.
+Who gets it, on which channel (a person reachable on both channels gets each push once, on WeCom first):
+- the student, with `weekly_card` on (`退订周报` turns it off): on WeCom when they have a WeCom
+  account; otherwise on the Official Account (channel "mp") when they bound their WeChat there as
+  the student; otherwise nobody can reach them;
+- every parent bound on the Official Account with their own `weekly_card` on (a parent's
+  `退订周报`), whatever the student chose: the same card, greeting the parent (`parent` in
+  templates/push/weekly_card.txt), on channel "mp". A push never shows a sensitive point.
+The outbox key (recipient — userid or openid — + "student_weekly_card" + ISO week) makes a rerun
+send nothing new. Entries are loaded for 1,000 students per query, and messages inserted in bulk.
+The result line tallies how many went where.
 
 Schedule: STUDENT_WEEKLY_CARD_CRON, `[DAYS] HH:MM` as the reminders' (default `mon 08:10`:
 not on the hour, as WeCom asks).
@@ -44,7 +51,7 @@ from models.catalogue import DOMAINS, Catalogue, ScorePoint
 from models.digest.week import DigestWeek, digest_week
 from models.outbox import Draft, enqueue_many
 from models.periods import Calendar
-from models.schema import OutboxMessage, SchoolClass, Staff, Student
+from models.schema import FollowerBinding, OutboxMessage, SchoolClass, Staff, Student
 from scheduler.registry import JobContext, job
 from scheduler.reminders import first_semester_midpoint, in_session
 from wechat.wecom_api import MAX_TEXT_BYTES
@@ -169,43 +176,95 @@ def next_step(todos: list[dict], card: Card) -> dict:
     return {"kind": "start"}
 
 
-def card_body(name: str, signer: str, head: str | None, week: DigestWeek, card: Card, facts: dict) -> str:
-    """The message, within WeCom's 2048 bytes by listing fewer records if ever needed."""
+def card_body(name: str, signer: str, head: str | None, week: DigestWeek, card: Card, facts: dict,
+              parent: bool = False) -> str:
+    """The message (to the student, or to a parent), within WeCom's 2048 bytes by listing fewer records
+    if ever needed (the Official Account's customer-service text has the same limit)."""
     return fit_items("push/weekly_card.txt", facts["recorded"], MAX_TEXT_BYTES, at_most=RECORDED_SHOWN,
                      name=name, signer=signer, head=head, week=week, card=card, domains=facts["domains"],
-                     todos=facts["todos"], step=facts["step"])
+                     todos=facts["todos"], step=facts["step"], parent=parent)
 
 
 @dataclass
 class Tally:
     """Counts for the job's one-line result."""
 
-    queued: int = 0
+    wecom: int = 0  # queued to students on WeCom
+    mp_students: int = 0  # queued to students on the Official Account
+    parents: int = 0  # queued to parents on the Official Account
     already: int = 0
     unsubscribed: int = 0
-    no_account: int = 0
+    parents_unsubscribed: int = 0
+    unreachable: int = 0  # students with neither a WeCom account nor a student binding
     no_signer: int = 0
+
+    @property
+    def queued(self) -> int:
+        return self.wecom + self.mp_students + self.parents
 
     def line(self, key: str) -> str:
         """The job's result line."""
         return (f"{key}: queued {self.queued} weekly cards, {self.already} already queued, "
-                f"{self.unsubscribed} unsubscribed, {self.no_account} without WeCom account, "
-                f"{self.no_signer} without 班主任")
+                f"{self.unsubscribed} unsubscribed, {self.unreachable} without WeCom account or binding, "
+                f"{self.no_signer} without 班主任; {self.wecom} on WeCom, {self.mp_students} to students and "
+                f"{self.parents} to parents on the Official Account, {self.parents_unsubscribed} parents unsubscribed")
 
 
-def _queue(ctx: JobContext, key: str, messages: list[tuple[str, str]]) -> int:
+@dataclass(frozen=True)
+class Recipient:
+    """Who one card goes to: a WeCom userid or an openid, and as whom."""
+
+    to: str
+    channel: str  # wecom | mp
+    parent: bool = False
+
+
+def _queue(ctx: JobContext, key: str, messages: list[tuple[Recipient, str]], tally: Tally) -> None:
     """Queue the messages in bulk (ON CONFLICT DO NOTHING: one already queued, by a rerun or a
-    concurrent twin, is left out); how many were new."""
-    queued = 0
+    concurrent twin, is left out), counting the new ones by where they go."""
     for start in range(0, len(messages), INSERT_CHUNK):
-        drafts = [Draft(r, PURPOSE, key, b) for r, b in messages[start:start + INSERT_CHUNK]]
-        queued += len(enqueue_many(ctx.session, drafts))
-    return queued
+        chunk = messages[start:start + INSERT_CHUNK]
+        drafts = {Draft(r.to, PURPOSE, key, b, channel=r.channel).key: r for r, b in chunk}
+        new = enqueue_many(ctx.session, [Draft(r.to, PURPOSE, key, b, channel=r.channel) for r, b in chunk])
+        for draft_key in new:
+            r = drafts[draft_key]
+            if r.parent:
+                tally.parents += 1
+            elif r.channel == "mp":
+                tally.mp_students += 1
+            else:
+                tally.wecom += 1
+        tally.already += len(chunk) - len(new)
+
+
+def recipients(tally: Tally, student_on: bool, wecom_userid: str | None,
+               bindings: list[tuple[str, str, bool]]) -> list[Recipient]:
+    """Where one student's card goes: the student once (WeCom first, else their own Official Account
+    binding), and each subscribed parent; `bindings` are (openid, kind, weekly_card)."""
+    out: list[Recipient] = []
+    own = next((openid for openid, kind, _on in bindings if kind == "student"), None)
+    if not student_on:
+        tally.unsubscribed += 1
+    elif wecom_userid:
+        out.append(Recipient(wecom_userid, "wecom"))
+    elif own:
+        out.append(Recipient(own, "mp"))
+    else:
+        tally.unreachable += 1
+    for openid, kind, on in sorted(bindings):
+        if kind != "parent":
+            continue
+        if on:
+            out.append(Recipient(openid, "mp", parent=True))
+        else:
+            tally.parents_unsubscribed += 1
+    return out
 
 
 @job("student_weekly_card", "Each student's own weekly card (value added, records, what to do), signed by the 班主任")
 def student_weekly_card(ctx: JobContext) -> str:
-    """Queue last week's personal card for every subscribed student with a WeCom account."""
+    """Queue last week's personal card for every subscribed student (WeCom, else the Official Account)
+    and every subscribed parent."""
     cal = ctx.calendar
     week = digest_week(ctx.today, cal)
     if not in_session(cal, week.monday, week.sunday):
@@ -220,36 +279,43 @@ def student_weekly_card(ctx: JobContext) -> str:
     names = dict(ctx.session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(signer_ids - {None}))).all())
     already = set(ctx.session.scalars(select(OutboxMessage.recipient).where(
         OutboxMessage.purpose == PURPOSE, OutboxMessage.period_key == week.key)))
+    bound: dict[int, list[tuple[str, str, bool]]] = defaultdict(list)
+    for b in ctx.session.execute(select(FollowerBinding.student_id, FollowerBinding.openid, FollowerBinding.kind,
+                                        FollowerBinding.weekly_card)):
+        bound[b.student_id].append((b.openid, b.kind, bool(b.weekly_card)))
     todo = []
     for r in rows:
-        if not r.weekly_card:
-            tally.unsubscribed += 1
-        elif not r.wecom_userid:
-            tally.no_account += 1
-        elif r.head_teacher_id in names:
-            todo.append((r, f"班主任 {names[r.head_teacher_id]}"))
+        to = recipients(tally, r.weekly_card, r.wecom_userid, bound.get(r.id, []))
+        if not to:
+            continue
+        if r.head_teacher_id in names:
+            signer = f"班主任 {names[r.head_teacher_id]}"
         elif r.counsellor_id in names:
-            todo.append((r, f"辅导员 {names[r.counsellor_id]}"))
+            signer = f"辅导员 {names[r.counsellor_id]}"
         else:
             tally.no_signer += 1
-    tally.already = sum(1 for r, _s in todo if r.wecom_userid in already)
-    todo = [(r, s) for r, s in todo if r.wecom_userid not in already]
+            continue
+        tally.already += sum(1 for t in to if t.to in already)
+        to = [t for t in to if t.to not in already]
+        if to:
+            todo.append((r, signer, to))
     if not todo:
         return tally.line(week.key)
 
-    ids = [r.id for r, _s in todo]
+    ids = [r.id for r, _s, _to in todo]
     entries = load_entries(ctx.session, week.term, ids)
     cutoff = week.sunday - timedelta(days=7)
     previous = load_entries(ctx.session, cal.previous_term(week.term), ids) if cutoff < week.term.start else None
     plans = plans_due(ctx.catalogue, cal, ctx.today, ctx.reminders.year_start_weeks)
     cards = cards_from_entries(ctx.catalogue, entries, week.sunday, cutoff, previous, ids)
-    messages = []
-    for r, signer in todo:
+    messages: list[tuple[Recipient, str]] = []
+    for r, signer, to in todo:
         mine = entries.get(r.id, [])
         card = cards[r.id]
         facts = week_facts(ctx.catalogue, mine, card, week, plans, ctx.today)
         head = names.get(r.head_teacher_id)
-        messages.append((r.wecom_userid, card_body(r.name, signer, head, week, card, facts)))
-    tally.queued = _queue(ctx, week.key, messages)
-    tally.already += len(messages) - tally.queued
+        bodies = {parent: card_body(r.name, signer, head, week, card, facts, parent)
+                  for parent in {t.parent for t in to}}
+        messages += [(t, bodies[t.parent]) for t in to]
+    _queue(ctx, week.key, messages, tally)
     return tally.line(week.key)

@@ -4,7 +4,8 @@ Built on wechatpy's enterprise `WeChatClient`, with its 1.8 pitfalls designed ou
 gettoken goes to `settings.wecom_api_base` like every other call, every request
 has a timeout, `auto_retry` is off (a token error is refreshed and retried once
 here; anything else is the caller's, i.e. the outbox's, to retry), and the token
-and its expiry live in Redis, refreshed by one process at a time.
+and its expiry live in Redis, refreshed by one process at a time (`wechat.token.SharedToken`, which
+the Official Account's client shares).
 
 Safe to share between threads (the outbox keeps several calls in flight): the token is
 refreshed once however many calls saw it expire, and every call (gettoken too) first takes
@@ -13,14 +14,11 @@ a permit from the app's rate cap (`CallRate`, WECOM_CALLS_PER_MINUTE, shared thr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -31,29 +29,18 @@ from wechatpy.enterprise import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
 from core.config import Settings
+from wechat.token import SharedToken, WeChatAPIError
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 5.0
-TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh
-BACKOFF_ERRORS = frozenset({45009, 45033, -1})  # rate limited or busy: try later
 MAX_RECIPIENTS = 1000
 MAX_TEXT_BYTES = 2048
 # message/send's duplicate check: content a member received within this many seconds is not
 # delivered to them again (`duplicate_check_interval`, at most 4 hours).
 DUPLICATE_CHECK_MAX_S = 4 * 3600
-REFRESH_MARGIN_S = 300  # a token this close to expiry is refreshed before use
-LOCK_TTL_S = 15  # longer than one gettoken call with its timeout
-PEER_WAIT_S = 8.0  # how long a process waits for another one's refresh
-
 REDIS_RETRY_S = 10  # the call rate asks Redis again this long after it failed to answer
 POOL_SIZE = 32  # kept-alive connections to WeCom, per client: more than the outbox's calls in flight
-
-_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-# The in-memory fallback (no REDIS_URL): shared by every client in this process.
-_memory_tokens: dict[str, tuple[str, float]] = {}
-_memory_lock = threading.Lock()
 
 # One permit: the current bucket (by the Redis server's clock, the same for every process) is
 # counted; 0 when the call may go, else the milliseconds until the next bucket begins.
@@ -125,24 +112,12 @@ class CallRate:
             time.sleep(wait / 1000 + random.uniform(0, 0.005))  # a little jitter spreads the waiters
 
 
-class WeComAPIError(Exception):
+class WeComAPIError(WeChatAPIError):
     """A WeCom API call failed: non-zero errcode, HTTP error or no answer (errcode None)."""
 
-    def __init__(self, errcode: int | None, errmsg: str, http_status: int | None = None) -> None:
-        super().__init__(f"WeCom API error {errcode}: {errmsg}" + (f" (HTTP {http_status})" if http_status else ""))
-        self.errcode = errcode
-        self.errmsg = errmsg
-        self.http_status = http_status
-
-    @property
-    def token_error(self) -> bool:
-        """The access token was refused: refresh it."""
-        return self.errcode in TOKEN_ERRORS
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying again later (rate limit, system busy, network or HTTP failure)."""
-        return self.errcode is None or self.errcode in BACKOFF_ERRORS or self.token_error
+    service = "WeCom"
+    TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh
+    BACKOFF_ERRORS = frozenset({45009, 45033, -1})  # rate limited or busy: try later
 
 
 class _Client(WeChatClient):
@@ -184,82 +159,19 @@ class WeComAPI:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)  # a connection per thread in flight
         self.client._http.mount("http://", adapter)
         self.client._http.mount("https://", adapter)
-        digest = hashlib.sha1(
-            f"{settings.wecom_api_base}|{settings.wecom_corp_id}|{settings.wecom_secret}".encode()).hexdigest()[:16]
-        self._token_key = f"czk:wecom:token:{digest}"
-        self._lock_key = f"czk:wecom:token-lock:{digest}"
+        identity = f"{settings.wecom_api_base}|{settings.wecom_corp_id}|{settings.wecom_secret}"
+        self.token = SharedToken("wecom", identity, self._fetch_token, redis_client, clock, WeComAPIError)
+        self._token_key = self.token.key
+        digest = self.token.key.rsplit(":", 1)[1]
         self.rate = CallRate(settings.wecom_calls_per_minute, f"czk:wecom:rate:{digest}", redis_client)
-
-    # ── the access token ─────────────────────────────────────────────────────
 
     def access_token(self) -> str:
         """A valid access token: the shared one, or a fresh one fetched by exactly one process."""
-        return self._token(stale=None)
+        return self.token.get()
 
-    def _token(self, stale: str | None) -> str:
-        if self.redis is not None:
-            try:
-                return self._redis_token(self.redis, stale)
-            except redis.RedisError as exc:
-                log.warning("Redis unavailable for the WeCom token (%s); using this process's copy", exc)
-        return self._memory_token(stale)
-
-    def _usable(self, record: tuple[str, float] | None, stale: str | None) -> str | None:
-        if record is None:
-            return None
-        token, expires_at = record
-        if token == stale or expires_at - self.clock() <= REFRESH_MARGIN_S:
-            return None
-        return token
-
-    def _memory_token(self, stale: str | None) -> str:
-        with _memory_lock:
-            token = self._usable(_memory_tokens.get(self._token_key), stale)
-            if token is None:
-                token, expires_at = self._fetch_token()
-                _memory_tokens[self._token_key] = (token, expires_at)
-            return token
-
-    def _redis_read(self, client: redis.Redis) -> tuple[str, float] | None:
-        raw = client.get(self._token_key)
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-            return str(data["token"]), float(data["expires_at"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def _redis_token(self, client: redis.Redis, stale: str | None) -> str:
-        deadline = time.monotonic() + PEER_WAIT_S
-        while True:
-            token = self._usable(self._redis_read(client), stale)
-            if token is not None:
-                return token
-            owner = uuid.uuid4().hex
-            if client.set(self._lock_key, owner, nx=True, ex=LOCK_TTL_S):
-                try:
-                    # Another process may have refreshed between our read and our lock.
-                    token = self._usable(self._redis_read(client), stale)
-                    if token is not None:
-                        return token
-                    token, expires_at = self._fetch_token()
-                    ttl = max(1, int(expires_at - self.clock()))
-                    client.set(self._token_key, json.dumps({"token": token, "expires_at": expires_at}), ex=ttl)
-                    return token
-                finally:
-                    client.eval(_RELEASE_LOCK, 1, self._lock_key, owner)
-            if time.monotonic() >= deadline:
-                raise WeComAPIError(None, "timed out waiting for another process to refresh the access token")
-            time.sleep(0.05)
-
-    def _fetch_token(self) -> tuple[str, float]:
+    def _fetch_token(self) -> dict[str, Any]:
         log.info("fetching a WeCom access token from %s", self.settings.wecom_api_base)
-        result = self._guarded(self.client.fetch_access_token)
-        token = result.get("access_token")
-        if not token:
-            raise WeComAPIError(None, "gettoken answered without an access_token")
-        return str(token), self.clock() + float(result.get("expires_in", 7200))
+        return self._guarded(self.client.fetch_access_token)
 
     # ── calls ────────────────────────────────────────────────────────────────
 
@@ -277,17 +189,10 @@ class WeComAPI:
             raise WeComAPIError(None, "the answer is not JSON")
         return result
 
-    def post(self, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
+    def post(self, endpoint: str, data: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST `data` to `endpoint` (relative to WECOM_API_BASE); one refresh-and-retry on a token error."""
-        token = self.access_token()
-        try:
-            return self._guarded(lambda: self.client.post(endpoint, params={"access_token": token}, data=data))
-        except WeComAPIError as exc:
-            if not exc.token_error:
-                raise
-            log.info("WeCom refused the access token (%s); refreshing once", exc.errcode)
-        token = self._token(stale=token)
-        return self._guarded(lambda: self.client.post(endpoint, params={"access_token": token}, data=data))
+        return self.token.call(lambda token: self._guarded(
+            lambda: self.client.post(endpoint, params={**(params or {}), "access_token": token}, data=data)))
 
     def send_text(self, userids: list[str], content: str) -> dict[str, Any]:
         """Send a text message from the app to up to 1000 members (content ≤ 2048 bytes UTF-8)."""
@@ -305,3 +210,20 @@ class WeComAPI:
             "enable_duplicate_check": 1,
             "duplicate_check_interval": DUPLICATE_CHECK_MAX_S,
         })
+
+    def get(self, endpoint: str, params: dict[str, Any]) -> dict[str, Any]:
+        """GET `endpoint` (relative to WECOM_API_BASE); one refresh-and-retry on a token error."""
+        return self.token.call(lambda token: self._guarded(
+            lambda: self.client.get(endpoint, params={**params, "access_token": token})))
+
+    def oauth_userid(self, code: str) -> str | None:
+        """The member behind a web-authorisation code (`auth/getuserinfo`; a code works once, 5 minutes):
+        their UserId, or None for someone who is not a member of the corp (WeCom answers an openid).
+        A code WeCom refuses (reused, expired, made up) raises WeComAPIError 40029."""
+        result = self.get("auth/getuserinfo", {"code": code})
+        userid = result.get("userid") or result.get("UserId")  # the older user/getuserinfo spelt it UserId
+        return str(userid) if userid else None
+
+    def create_menu(self, menu: dict[str, Any]) -> dict[str, Any]:
+        """Replace the app's menu (`{"button": [...]}`, WeCom's own shape): one menu per app, for every member."""
+        return self.post("menu/create", menu, params={"agentid": self.settings.wecom_agent_id or ""})

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from bot.cli import chat, db, demo, export, jobs, outbox, roster, scheduler, scores, serve, tasks
+from bot.cli import binding, chat, db, demo, export, jobs, menu, outbox, roster, scheduler, scores, serve, tasks
 
-GROUPS = (db, roster, tasks, scores, export, demo, chat, serve, scheduler, jobs, outbox)
+GROUPS = (db, roster, tasks, scores, export, demo, chat, serve, scheduler, jobs, outbox, binding, menu)
 
 
 def register_cli(app: Flask) -> None:

@@ -105,7 +105,8 @@ def test_who_gets_one_and_a_rerun_sends_nothing_new(college, session, db_url, re
 
     first = run(db_url, redis_url)
     assert first.result == ("2025-W47: queued 3 weekly cards, 0 already queued, 1 unsubscribed, "
-                            "2 without WeCom account, 1 without 班主任")
+                            "2 without WeCom account or binding, 1 without 班主任; 3 on WeCom, 0 to students "
+                            "and 0 to parents on the Official Account, 0 parents unsubscribed")
     sent = cards(session)
     assert set(sent) == {"zhangsan", "lisi", "zhaoliu"}
     assert sent["zhaoliu"].endswith("——班主任 何平")
@@ -183,3 +184,44 @@ def test_unsubscribe_and_subscribe_are_for_students_and_audited(college, session
     assert actions == ["unsubscribe", "subscribe"]
     assert "仅限" in say(svc, "wangfang", "退订周报") or "不能使用" in say(svc, "wangfang", "退订周报")
     assert "退订周报 / 订阅周报" in say(svc, "zhangsan", "帮助")
+
+
+def test_a_parent_gets_the_childs_card_addressed_to_them(college, session, db_url, redis_url):
+    from models.schema import FollowerBinding
+
+    history(db_url, redis_url)
+    zhang = session.scalar(select(Student).where(Student.student_no == "2023010101"))
+    li = session.scalar(select(Student).where(Student.student_no == "2023010102"))
+    session.add_all([FollowerBinding(openid="o-zhang-mum", student_id=zhang.id, kind="parent"),
+                     FollowerBinding(openid="o-li-dad", student_id=li.id, kind="parent", weekly_card=False)])
+    zhang.weekly_card = False  # the student's own 退订周报 does not stop the parent's
+    session.commit()
+    result = run(db_url, redis_url)
+    assert "1 to parents on the Official Account, 1 parents unsubscribed" in result.result
+    sent = cards(session)
+    assert "zhangsan" not in sent and "o-li-dad" not in sent
+    body = sent["o-zhang-mum"]
+    lines = body.splitlines()
+    assert lines[0] == "张三同学的家长您好，这是张三上周（11月17日–11月23日）的储值卡："
+    assert lines[1] == "总分 89.0，一周增值 -6.0"
+    assert "需要张三处理：" in body and "需要你处理" not in body
+    assert "心理辅导" not in body  # a push never shows a sensitive point, to a parent neither
+    assert lines[-1] == "——班主任 王芳"
+    session.expire_all()
+    row = session.scalar(select(OutboxMessage).where(OutboxMessage.recipient == "o-zhang-mum"))
+    assert row.channel == "mp" and row.purpose == "student_weekly_card"
+
+
+def test_the_parents_next_step_names_the_child():
+    from models.card import Card, DomainCard
+
+    card = Card([DomainCard("学业发展", 80.0), DomainCard("个人发展", 70.0)], 75.0)
+    facts = {"recorded": [], "todos": [], "domains": [], "step": {"kind": "domain", "domain": "个人发展"}}
+
+    class Week:
+        monday, sunday = date(2025, 11, 17), date(2025, 11, 23)
+
+    student = weekly_card.card_body("张三", "班主任 王芳", "王芳", Week, card, facts)
+    parent = weekly_card.card_body("张三", "班主任 王芳", "王芳", Week, card, facts, parent=True)
+    assert "下一步：个人发展是你目前最弱的一项" in student
+    assert "下一步：个人发展是张三目前最弱的一项" in parent

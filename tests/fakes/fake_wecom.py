@@ -1,7 +1,8 @@
-"""A local fake of the WeCom API (gettoken, message/send) over real HTTP, for client and outbox tests.
+"""A local fake of the WeCom API (gettoken, message/send, menu/create, auth/getuserinfo) over real HTTP,
+for client, outbox and sign-in tests.
 
-It checks what WeCom checks, answers with WeCom's errcodes, records every call,
-and fails on demand:
+It checks what WeCom checks, answers with WeCom's errcodes, records every call (the app's menu, once
+menu/create accepted one, is in `menu`), and fails on demand:
 
     with FakeWeCom() as fake:
         settings = ...(wecom_api_base=fake.base_url, wecom_corp_id=fake.corp_id,
@@ -20,6 +21,11 @@ received within `duplicate_check_interval` seconds (default 1800, at most
 
 Every call can take time, as WeCom's 20–100 ms do (`FakeWeCom(latency=0.03)`), and for a
 benchmark of thousands of calls `keep_bodies=False` records calls without their bodies.
+
+Web authorisation (`auth/getuserinfo`, what the pages' WeCom OAuth calls): `issue_code("zhangsan")` is
+the code WeCom hands the redirect for a member, `issue_code(openid="o-guest")` for someone who is not
+a member (answered with an openid, as WeCom does); a code works once, and an unknown, used or
+expired code is 40029.
 
 To crash a caller after WeCom took its message, hold the answer:
 
@@ -41,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.fake_mp import menu_error
+
 PREFIX = "/cgi-bin/"
 MAX_RECIPIENTS = 1000
 MAX_TEXT_BYTES = 2048
@@ -48,6 +56,8 @@ MAX_TITLE_BYTES = 128
 MAX_DESCRIPTION_BYTES = 512
 PER_MINUTE, PER_HOUR = 30, 1000
 DUPLICATE_CHECK_DEFAULT_S, DUPLICATE_CHECK_MAX_S = 1800, 4 * 3600
+MAX_MENU_NAME_BYTES, MAX_SUB_MENU_NAME_BYTES = 16, 40  # menu/create: a button's name, a sub button's
+CODE_TTL_S = 300  # an OAuth code unused this long has expired
 HOLD_MAX_S = 60.0  # a held answer is given up after this even if nobody releases it
 
 ERRMSG = {
@@ -57,10 +67,22 @@ ERRMSG = {
     40008: "invalid message type",
     40013: "invalid corpid",
     40014: "invalid access_token",
+    40016: "invalid button size",
+    40017: "invalid button type",
+    40018: "invalid button name size",
+    40019: "invalid button key size",
+    40023: "invalid sub button size",
+    40024: "invalid sub button type",
+    40025: "invalid sub button name size",
+    40026: "invalid sub button key size",
+    40027: "invalid sub button url size",
+    40055: "invalid button url",
+    40029: "invalid code",
     40056: "invalid agentid",
     41001: "access_token missing",
     41002: "corpid missing",
     41004: "corpsecret missing",
+    41008: "missing code",
     41009: "missing message body",
     42001: "access_token expired",
     44004: "empty content",
@@ -119,6 +141,9 @@ class FakeWeCom:
         self._lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0  # the most calls it was serving at once
+        self.menu: dict[str, Any] | None = None  # the app's menu, once menu/create accepted one
+        # OAuth code → ("userid" | "openid", who, issued at); None once used
+        self.codes: dict[str, tuple[str, str, float] | None] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -167,6 +192,17 @@ class FakeWeCom:
         return f"http://127.0.0.1:{self._server.server_port}{PREFIX}"
 
     # ── control and inspection ───────────────────────────────────────────────
+
+    def issue_code(self, userid: str | None = None, *, openid: str | None = None, age: float = 0.0) -> str:
+        """A web-authorisation code, as WeCom hands one to the redirect: for the member `userid`, or for
+        a non-member (`openid`); `age` seconds old (over CODE_TTL_S: expired)."""
+        if (userid is None) == (openid is None):
+            raise ValueError("issue_code needs a userid or an openid")
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self.codes[code] = ("userid", userid, time.time() - age) if userid is not None else \
+                ("openid", str(openid), time.time() - age)
+        return code
 
     def fail_next(self, count: int = 1, *, errcode: int | None = None, http_status: int | None = None,
                   delay: float = 0.0, path: str | None = None) -> None:
@@ -257,6 +293,10 @@ class FakeWeCom:
             result = self._gettoken(params)
         elif method == "POST" and path == "message/send":
             result = self._message_send(params, body)
+        elif method == "POST" and path == "menu/create":
+            result = self._menu_create(params, body)
+        elif method == "GET" and path == "auth/getuserinfo":
+            result = self._getuserinfo(params)
         else:
             self._send(http, 404, b"not found", "text/plain")
             return
@@ -342,6 +382,40 @@ class FakeWeCom:
                 self._deliveries[user] = recent
         return {"errcode": 0, "errmsg": "ok", "invaliduser": "|".join(invalid),
                 "msgid": secrets.token_hex(12)}
+
+    def _menu_create(self, params: dict[str, str], body: Any) -> dict[str, Any]:
+        refused = self._token_error(params)
+        if refused is not None:
+            return refused
+        if params.get("agentid") != str(self.agent_id):
+            return self._error(40056)
+        if not isinstance(body, dict):
+            return self._error(47001)
+        errcode = menu_error(body, MAX_MENU_NAME_BYTES, MAX_SUB_MENU_NAME_BYTES)
+        if errcode:
+            return self._error(errcode)
+        with self._lock:
+            self.menu = body
+        return {"errcode": 0, "errmsg": "ok"}
+
+    def _getuserinfo(self, params: dict[str, str]) -> dict[str, Any]:
+        refused = self._token_error(params)
+        if refused is not None:
+            return refused
+        code = params.get("code") or ""
+        if not code:
+            return self._error(41008)
+        with self._lock:
+            found = self.codes.get(code)
+            if found is None:  # unknown, or used already
+                return self._error(40029)
+            self.codes[code] = None  # once, whatever comes next
+        kind, who, issued = found
+        if time.time() - issued > CODE_TTL_S:
+            return self._error(40029)
+        if kind == "userid":
+            return {"errcode": 0, "errmsg": "ok", "userid": who}
+        return {"errcode": 0, "errmsg": "ok", "openid": who, "external_userid": "wm" + secrets.token_hex(8)}
 
     def _content(self, body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         kind = body.get("msgtype")
