@@ -22,8 +22,9 @@ work come first because they are what predicts failing a course.
 
 Who gets it, on which channel (a person reachable on both channels gets each push once, on WeCom first):
 - the student, with `weekly_card` on (`退订周报` turns it off): on WeCom when they have a WeCom
-  account; otherwise on the Official Account (channel "mp") when they bound their WeChat there as
-  the student; otherwise nobody can reach them;
+  account and the WeCom channel is configured; otherwise on the Official Account (channel "mp")
+  when they bound their WeChat there as the student; otherwise on WeCom's account all the same
+  (a console-only install prints it in the student's chat); otherwise nobody can reach them;
 - every parent bound on the Official Account with their own `weekly_card` on (a parent's
   `退订周报`), whatever the student chose: the same card, greeting the parent (`parent` in
   templates/push/weekly_card.txt), on channel "mp". A push never shows a sensitive point.
@@ -238,13 +239,16 @@ def _queue(ctx: JobContext, key: str, messages: list[tuple[Recipient, str]], tal
 
 
 def recipients(tally: Tally, student_on: bool, wecom_userid: str | None,
-               bindings: list[tuple[str, str, bool]]) -> list[Recipient]:
+               bindings: list[tuple[str, str, bool]], wecom_on: bool = True) -> list[Recipient]:
     """Where one student's card goes: the student once (WeCom first, else their own Official Account
-    binding), and each subscribed parent; `bindings` are (openid, kind, weekly_card)."""
+    binding), and each subscribed parent; `bindings` are (openid, kind, weekly_card). `wecom_on`: the
+    WeCom channel is configured; without it a student bound on the Official Account is reached there."""
     out: list[Recipient] = []
     own = next((openid for openid, kind, _on in bindings if kind == "student"), None)
     if not student_on:
         tally.unsubscribed += 1
+    elif own and not wecom_on:
+        out.append(Recipient(own, "mp"))
     elif wecom_userid:
         out.append(Recipient(wecom_userid, "wecom"))
     elif own:
@@ -285,7 +289,8 @@ def student_weekly_card(ctx: JobContext) -> str:
         bound[b.student_id].append((b.openid, b.kind, bool(b.weekly_card)))
     todo = []
     for r in rows:
-        to = recipients(tally, r.weekly_card, r.wecom_userid, bound.get(r.id, []))
+        to = recipients(tally, r.weekly_card, r.wecom_userid, bound.get(r.id, []),
+                        wecom_on=ctx.settings.wecom_enabled)
         if not to:
             continue
         if r.head_teacher_id in names:

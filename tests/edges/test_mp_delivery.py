@@ -25,7 +25,6 @@ from models.outbox import enqueue
 from models.schema import FollowerBinding, MpFollower, OutboxCall, OutboxMessage, Student
 from scheduler.delivery import Deliverer, make_deliverer
 from scheduler.runner import run_job
-from tests.fakes import chat
 from tests.fakes.factories import small_college
 from tests.fakes.fake_mp import FakeMp
 from tests.fakes.fake_wecom import FakeWeCom
@@ -274,7 +273,7 @@ def test_weekly_card_channels_parents_and_a_rerun(settings, session, db_url, red
     wangwu.weekly_card = False
     session.commit()
 
-    job = chat.make_service(db_url, MONDAY, redis_url)
+    job = make_service(settings, clock=lambda: datetime.combine(MONDAY, clock_time(10, 0), TZ))  # WeCom on
     first = run_job(job, "student_weekly_card", datetime.combine(MONDAY, clock_time(8, 10), TZ))
     assert first.result == ("2025-W47: queued 7 weekly cards, 0 already queued, 1 unsubscribed, "
                             "1 without WeCom account or binding, 0 without 班主任; 4 on WeCom, 1 to students and "
@@ -300,3 +299,17 @@ def test_weekly_card_channels_parents_and_a_rerun(settings, session, db_url, red
     assert set(mp.received) == {"o-liuyang", OPENID, "o-wangwu-mum"}
     assert "o-zhangsan" not in mp.received and "o-zhangsan-dad" not in mp.received
     assert all(m["template_id"] == WEEKLY for sent in mp.messages.values() for m in sent)
+
+
+def test_without_wecom_configured_a_student_bound_on_the_official_account_gets_the_card_there(
+        settings, session, mp):
+    """The demo's case: WeCom is not set up, so 张三's WeCom account reaches nobody; his binding does."""
+    small_college(session)
+    bind(session, "2023010101", "o-zhangsan", "student")
+    job = make_service(replace(settings, wecom_corp_id=None, wecom_token=None, wecom_aes_key=None),
+                       clock=lambda: datetime.combine(MONDAY, clock_time(10, 0), TZ))
+    run_job(job, "student_weekly_card", datetime.combine(MONDAY, clock_time(8, 10), TZ))
+    session.expire_all()
+    channels = {r.recipient: r.channel for r in session.scalars(select(OutboxMessage))}
+    assert channels["o-zhangsan"] == "mp" and "zhangsan" not in channels
+    assert channels["lisi"] == "wecom"  # no binding: printed in a console chat, as before
