@@ -22,10 +22,15 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres). In one process it
    - the raw scan aggregate (per student, the rule points over each rule's window, the
      windows from models/risk/risk_rules.toml) and the daily risk scan (models.risk.scan, rolled back);
    - 1,000 card queries (models.cards.student_card for random students): p50 and p99;
+   - the pages (bench/college_pages.py), on the Wednesday: 300 chat cards (储值卡 <学号> through
+     the pipeline) and card pages (/h5/card/<学号>) for the same students and viewers, p50 and p99;
+     the card page's weight with its assets (gzip); the dashboard's first view in a process and
+     its later views, from the digest's stored state;
    - the peak RSS of the process;
 3. prints each figure, its ratio to its raw aggregate and PASS/FAIL per target
    (digest and scan ≤ 3 × raw, 本周概况 ≤ 1 s from the stored state, card p99 ≤ 20 ms,
-   peak RSS ≤ 300 MB);
+   peak RSS ≤ 300 MB; card page p99 ≤ 50 ms and ≤ 3 × the chat card's, card page with its assets
+   ≤ 150 KB gzip, dashboard ≤ 1 s);
 4. drops the database unless --keep-db.
 
 Generation streams rows to COPY week by week, so memory stays flat whatever the size.
@@ -484,6 +489,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--staff", type=int, default=600)
     parser.add_argument("--weeks", type=int, default=18)
     parser.add_argument("--cards", type=int, default=1_000)
+    parser.add_argument("--pages", type=int, default=300,
+                        help="card pages and chat cards to time (0: leave the pages out)")
     parser.add_argument("--db", default="czk_college")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5432)
@@ -632,6 +639,10 @@ def measure(url: str, args: argparse.Namespace) -> None:
         print(f"{len(times)} card queries: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {times[-1]:.1f} ms")
         results.append(("card query p99 ≤ 20 ms", f"{p99:.1f} ms", p99 <= TARGET_CARD_P99_MS))
     engine.dispose()
+    if args.pages:
+        from bench.college_pages import page_figures  # noqa: PLC0415
+
+        results += page_figures(url, monday + timedelta(days=2), args.pages)
     peak = rss_mb()
     print(f"peak RSS: {peak:.0f} MB")
     results.append(("peak RSS ≤ 300 MB", f"{peak:.0f} MB", peak <= TARGET_RSS_MB))

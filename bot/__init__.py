@@ -25,9 +25,11 @@ def create_app(settings: Settings | dict | None = None, service: Service | None 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from bot.cli import register_cli
+    from bot.pages import pages
     from bot.web import web
 
     app.register_blueprint(web)
+    app.register_blueprint(pages)
     if service.settings.wecom_enabled:
         from bot.channels.wecom import wecom
 

@@ -1,5 +1,6 @@
-"""Bearer links out of access logs: `/export/<token>` and a `t=` or `token=` query parameter are
-written as [redacted] (PRODUCT.md §6). A link's token opens a workbook for whoever holds it.
+"""Bearer links out of access logs: `/export/<token>` and a `t=`, `token=`, `code=` or `state=` query
+parameter are written as [redacted] (PRODUCT.md §6). A link's token opens a workbook or a page for
+whoever holds it; an OAuth callback's code and state sign someone in.
 
 Imports nothing of the service: gunicorn.conf.py loads this file by path in gunicorn's master,
 which must not import the app (the workers import it after they fork and gevent patches them).
@@ -12,7 +13,7 @@ import re
 REDACTED = "[redacted]"
 _EXPORT = re.compile(r"(/export/)[^/?#\s\"]+")
 # At the start of a bare query string (gunicorn's %(q)s) or after ? & ; in a URL.
-_QUERY = re.compile(r"((?:^|(?<=[?&;]))(?:t|token)=)[^&;#\s\"]*", re.IGNORECASE)
+_QUERY = re.compile(r"((?:^|(?<=[?&;]))(?:t|token|code|state)=)[^&;#\s\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

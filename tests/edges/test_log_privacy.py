@@ -109,6 +109,8 @@ def test_safe_traceback_names_types_codes_and_frames_only():
     ("GET /h5/login?t=tok123&next=/h5/card HTTP/1.1", "GET /h5/login?t=[redacted]&next=/h5/card HTTP/1.1"),
     ("t=tok123&x=1", "t=[redacted]&x=1"),
     ("https://college.example/page?token=abc", "https://college.example/page?token=[redacted]"),
+    ("GET /h5/auth/wecom/callback?code=CODE123&state=ab12cd HTTP/1.1",
+     "GET /h5/auth/wecom/callback?code=[redacted]&state=[redacted] HTTP/1.1"),
     ("POST /wechat/wecom?msg_signature=ab12&timestamp=1&nonce=2 HTTP/1.1",
      "POST /wechat/wecom?msg_signature=ab12&timestamp=1&nonce=2 HTTP/1.1"),
 ])
