@@ -91,6 +91,20 @@ def fit_items(template: str, items: Sequence[object], limit: int, /, *, at_least
     return cut_to_bytes(attempt(low), limit, tail)
 
 
+def fit_ending(text: str, last_line: str, limit: int, tail: str = "…") -> str:
+    """`text` then `last_line` (e.g. a link) on a line of its own, within `limit` bytes: to make room,
+    the text loses its last lines (a line `tail` says so; a single line too long is cut), the last
+    line is never cut."""
+    whole = f"{text}\n{last_line}"
+    if utf8_size(whole) <= limit:
+        return whole
+    room = limit - utf8_size(f"\n{tail}\n{last_line}")
+    kept = cut_to_bytes(text, room)
+    if text[len(kept)] != "\n" and "\n" in kept:  # a line cut in two: drop its start
+        kept = kept[:kept.rindex("\n")]
+    return f"{kept}\n{tail}\n{last_line}"
+
+
 def _cut(text: str, limit: int, tail_template: str | None) -> str:
     """`text` cut to `limit` bytes, ending with a line `tail_template` renders (rendered only when cut)."""
     if utf8_size(text) <= limit:

@@ -1,4 +1,6 @@
-"""储值卡 and 班级卡: a card within the sender's scope."""
+"""储值卡 and 班级卡: a card within the sender's scope, ending with a link to its page (/h5/card,
+/h5/card/<学号>, /h5/class/<班级编号>) signed for the sender (models/page_links.py), never cut: the card
+gives up its last lines to fit WeChat's 2048 bytes instead."""
 
 from __future__ import annotations
 
@@ -9,15 +11,17 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from core.messages import IncomingMessage, Reply
-from core.render import render
+from core.render import fit, fit_ending, render
 from handlers.registry import Context, registry
 from models.authz import View, class_view, student_view, viewable_classes
 from models.cards import class_card, student_card
 from models.catalogue import DOMAINS
+from models.page_links import CHANNELS, page_link
 from models.periods import UNIT_OF_PERIOD
 from models.risk.rules import rule_book
 from models.risk.warnings import warning_history
 from models.schema import SchoolClass, Staff, Student
+from wechat.wecom_api import MAX_TEXT_BYTES
 
 
 def find_student(ctx: Context, token: str) -> Student | list[Student] | None:
@@ -33,6 +37,15 @@ def find_student(ctx: Context, token: str) -> Student | list[Student] | None:
     if len(found) == 1:
         return found[0]
     return list(found) or None
+
+
+def with_page_link(ctx: Context, text: str, path: str) -> str:
+    """`text` ending with a link to the page `path`, signed for the sender on their channel (the console's
+    link signs in as the console's user); within MAX_TEXT_BYTES, the link whole."""
+    if ctx.msg.channel not in CHANNELS:
+        return fit(text, MAX_TEXT_BYTES)
+    url = page_link(ctx.settings, ctx.msg.channel, ctx.msg.sender, path)
+    return fit_ending(text, render("chat/card_link.txt", url=url), MAX_TEXT_BYTES)
 
 
 def render_student_card(ctx: Context, student: Student, view: View, warnings: list | None = None) -> str:
@@ -90,7 +103,8 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     if not args:
         if own is not None:
             student = ctx.session.get(Student, own)
-            return Reply(render_student_card(ctx, student, student_view(actor, student.id, student.class_id)))
+            text = render_student_card(ctx, student, student_view(actor, student.id, student.class_id))
+            return Reply(with_page_link(ctx, text, "/h5/card"))
         return Reply(render("chat/card_usage.txt"))
     if own is not None:
         return Reply(render("chat/card_students_own.txt", actor=actor))
@@ -104,8 +118,9 @@ def card(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
     view = student_view(actor, found.id, found.class_id)
     if not view.domains:
         return Reply(render("chat/card_out_of_scope.txt", name=found.name, actor=actor))
-    return Reply(render_student_card(ctx, found, view, warning_history(
-        ctx.session, rule_book(ctx.settings, ctx.catalogue), found.id, view, ZoneInfo(ctx.settings.timezone))))
+    text = render_student_card(ctx, found, view, warning_history(
+        ctx.session, rule_book(ctx.settings, ctx.catalogue), found.id, view, ZoneInfo(ctx.settings.timezone)))
+    return Reply(with_page_link(ctx, text, f"/h5/card/{found.student_no}"))
 
 
 @registry.command("班级卡", audience="staff", summary="chat/help/class_card.txt")
@@ -123,9 +138,10 @@ def class_card_command(msg: IncomingMessage, args: str, ctx: Context) -> Reply:
         return Reply(render("chat/class_out_of_scope.txt", name=klass.name))
     card = class_card(ctx.session, ctx.catalogue, ctx.calendar, klass.id, ctx.today, view.shows)
     size = len(ctx.session.scalars(select(Student.id).where(Student.class_id == klass.id)).all())
-    return Reply(render(
+    text = render(
         "chat/card.txt", name=klass.name, class_name=None, size=size, term=ctx.calendar.term_for(ctx.today).label,
         card=card, domains=[d for d in card.domains if d.domain in view.domains],
         full=view.domains == frozenset(DOMAINS), by_month=_by_month(ctx), latest=[],
         mean_unit=mean_unit,
-    ))
+    )
+    return Reply(with_page_link(ctx, text, f"/h5/class/{klass.code}"))

@@ -3,7 +3,8 @@
 
 The data is computed once per run for the whole college (models/digest/) and sliced per
 recipient; scheduler/notify/digest.py renders it. Each digest is WeCom markdown within 2048
-bytes; a longer one is split into numbered parts whose period keys are the ISO week with "-1",
+bytes, ending with a link to the dashboard (/h5/dashboard) signed for its recipient; a longer one is
+split into numbered parts (the link on the last) whose period keys are the ISO week with "-1",
 "-2" …. A recipient who already has any part of the week's digest gets nothing new, so a rerun
 queues nothing. The run also keeps the card values as of the week's Sunday (models/digest/state.py),
 in the same transaction, for next week's digest: once per week, whatever reruns (a rerun or a
@@ -22,17 +23,21 @@ from datetime import date, tzinfo
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from models.catalogue import Catalogue
 from models.digest.college import build_college
 from models.digest.recipients import PURPOSE, recipients
 from models.digest.summary import digest_context
 from models.digest.week import digest_week
 from models.outbox import enqueue
+from models.page_links import page_link
 from models.risk.rules import RuleBook, rule_book
 from models.schema import OutboxMessage, OverviewRequest, Staff, utcnow
 from models.scores import load_calendar
 from scheduler.notify.digest import weekly_markdown, weekly_text
 from scheduler.registry import JobContext, job
+
+DASHBOARD = "/h5/dashboard"
 
 
 @dataclass
@@ -77,7 +82,8 @@ def weekly_digest(ctx: JobContext) -> str:
         if person.userid in done:
             tally.already += 1
             continue
-        parts = weekly_markdown(digest_context(data, person.department_id))
+        link = page_link(ctx.settings, "wecom", person.userid, DASHBOARD)
+        parts = weekly_markdown(digest_context(data, person.department_id), link=link)
         keys = [key] if len(parts) == 1 else [f"{key}-{i}" for i in range(1, len(parts) + 1)]
         queued = [enqueue(ctx.session, person.userid, PURPOSE, k, body, msgtype="markdown")
                   for k, body in zip(keys, parts, strict=True)]
@@ -96,10 +102,11 @@ OVERVIEW_PURPOSE = "weekly_overview"
 
 
 def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalogue, today: date, zone: tzinfo,
-                             book: RuleBook) -> int:
+                             book: RuleBook, settings: Settings | None = None) -> int:
     """Build the digest once for every `本周概况` still waiting (handlers/digest.py queued it when a
-    callback could not wait for it) and queue each asker's slice as a push; the request is closed in
-    the same transaction, so a rerun or a second scheduler answers nothing twice. Returns how many."""
+    callback could not wait for it) and queue each asker's slice as a push (with `settings`, ending with
+    a link to the dashboard signed for the asker); the request is closed in the same transaction, so a
+    rerun or a second scheduler answers nothing twice. Returns how many."""
     with sessions() as session:
         query = select(OverviewRequest).where(OverviewRequest.done_at.is_(None)).order_by(OverviewRequest.id)
         if session.get_bind().dialect.name == "postgresql":
@@ -114,8 +121,9 @@ def answer_overview_requests(sessions: Callable[[], Session], catalogue: Catalog
         for request in waiting:
             person, userid = people.get(request.staff_id), accounts.get(request.staff_id)
             if person is not None and userid:
+                link = page_link(settings, "wecom", userid, DASHBOARD) if settings is not None else None
                 enqueue(session, userid, OVERVIEW_PURPOSE, f"request-{request.id}",
-                        weekly_text(digest_context(data, person.department_id)))
+                        weekly_text(digest_context(data, person.department_id), link=link))
             request.done_at = utcnow()
         session.commit()
         return len(waiting)

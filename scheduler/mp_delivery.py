@@ -72,9 +72,12 @@ def template_for(settings: Settings, purpose: str) -> str | None:
     return settings.mp_template_weekly if purpose == WEEKLY_PURPOSE else settings.mp_template_notice
 
 
-def template_data(body: str, sent_at: datetime) -> dict[str, str]:
-    """A row's body as the template's first / keyword1 / keyword2 / remark (see the module's docstring)."""
+def template_data(body: str, sent_at: datetime, url: str | None = None) -> dict[str, str]:
+    """A row's body as the template's first / keyword1 / keyword2 / remark (see the module's docstring);
+    a last line carrying the row's `url` is left out: the template message opens that page itself."""
     lines = [line for line in body.splitlines() if line.strip()] or [""]
+    if url and len(lines) > 1 and lines[-1].rstrip().endswith(url):
+        lines.pop()
     return {"first": lines[0], "keyword1": lines[1] if len(lines) > 1 else lines[0],
             "keyword2": render("push/mp_sent_at.txt", at=sent_at), "remark": "\n".join(lines[2:])}
 
@@ -104,7 +107,7 @@ def plan_mp(session: Session, settings: Settings, by_person: dict[str, list[Outb
         for row in rows:
             template = template_for(settings, row.purpose)
             if template:
-                data = template_data(_text(row), now)
+                data = template_data(_text(row), now, row.url)
                 messages.append((template_payload(openid, template, data, row.url), [row]))
             else:
                 texts.append(row)

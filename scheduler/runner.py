@@ -353,7 +353,7 @@ def _deliver_due(service: Service) -> None:
     if evaluated.recordings:
         log.info("early-warning check of %d queued recordings", evaluated.recordings)
     answered = answer_overview_requests(service.sessions, service.catalogue, service.today(), service.tz,
-                                        service.rules())
+                                        service.rules(), service.settings)
     if answered:
         log.info("本周概况: %d requests answered", answered)
     report = make_deliverer(service).flush()

@@ -28,6 +28,12 @@ Who gets it, on which channel (a person reachable on both channels gets each pus
 - every parent bound on the Official Account with their own `weekly_card` on (a parent's
   `退订周报`), whatever the student chose: the same card, greeting the parent (`parent` in
   templates/push/weekly_card.txt), on channel "mp". A push never shows a sensitive point.
+Every card ends with a link to the card page (/h5/card: the student's own, a parent's the child's)
+signed for its recipient on their channel (models/page_links.py), also kept as the row's `url` (the
+Official Account's template message opens it). On WeCom it stays a text message with the link as its
+last line rather than a textcard: a textcard's description holds 512 bytes, too few for the week's
+records and what to act on, and one person's text rows are bundled into one message (WeCom keeps only
+30 a minute) where textcards go one each.
 The outbox key (recipient — userid or openid — + "student_weekly_card" + ISO week) makes a rerun
 send nothing new. Entries are loaded for 1,000 students per query, and messages inserted in bulk.
 The result line tallies how many went where.
@@ -51,6 +57,7 @@ from models.cards import cards_from_entries, load_entries
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
 from models.digest.week import DigestWeek, digest_week
 from models.outbox import Draft, enqueue_many
+from models.page_links import page_link
 from models.periods import Calendar
 from models.schema import FollowerBinding, OutboxMessage, SchoolClass, Staff, Student
 from scheduler.registry import JobContext, job
@@ -67,6 +74,7 @@ PLAN_NOTICE_DAYS = 14
 PLAN_PERIODS = ("学年初", "第一学期中")
 RECORDED_SHOWN = 6
 INSERT_CHUNK = 500
+CARD_PAGE = "/h5/card"
 
 
 @dataclass(frozen=True)
@@ -178,12 +186,13 @@ def next_step(todos: list[dict], card: Card) -> dict:
 
 
 def card_body(name: str, signer: str, head: str | None, week: DigestWeek, card: Card, facts: dict,
-              parent: bool = False) -> str:
-    """The message (to the student, or to a parent), within WeCom's 2048 bytes by listing fewer records
-    if ever needed (the Official Account's customer-service text has the same limit)."""
+              parent: bool = False, url: str | None = None) -> str:
+    """The message (to the student, or to a parent), ending with the link `url` to the card page, within
+    WeCom's 2048 bytes by listing fewer records if ever needed (the Official Account's customer-service
+    text has the same limit); the link is part of every length tried, so it is never what gets cut."""
     return fit_items("push/weekly_card.txt", facts["recorded"], MAX_TEXT_BYTES, at_most=RECORDED_SHOWN,
                      name=name, signer=signer, head=head, week=week, card=card, domains=facts["domains"],
-                     todos=facts["todos"], step=facts["step"], parent=parent)
+                     todos=facts["todos"], step=facts["step"], parent=parent, url=url)
 
 
 @dataclass
@@ -220,15 +229,16 @@ class Recipient:
     parent: bool = False
 
 
-def _queue(ctx: JobContext, key: str, messages: list[tuple[Recipient, str]], tally: Tally) -> None:
-    """Queue the messages in bulk (ON CONFLICT DO NOTHING: one already queued, by a rerun or a
-    concurrent twin, is left out), counting the new ones by where they go."""
+def _queue(ctx: JobContext, key: str, messages: list[tuple[Recipient, str, str]], tally: Tally) -> None:
+    """Queue the messages (recipient, body, page link) in bulk (ON CONFLICT DO NOTHING: one already
+    queued, by a rerun or a concurrent twin, is left out), counting the new ones by where they go."""
     for start in range(0, len(messages), INSERT_CHUNK):
         chunk = messages[start:start + INSERT_CHUNK]
-        drafts = {Draft(r.to, PURPOSE, key, b, channel=r.channel).key: r for r, b in chunk}
-        new = enqueue_many(ctx.session, [Draft(r.to, PURPOSE, key, b, channel=r.channel) for r, b in chunk])
+        drafts = [(Draft(r.to, PURPOSE, key, b, channel=r.channel, url=url), r) for r, b, url in chunk]
+        by_key = {d.key: r for d, r in drafts}
+        new = enqueue_many(ctx.session, [d for d, _r in drafts])
         for draft_key in new:
-            r = drafts[draft_key]
+            r = by_key[draft_key]
             if r.parent:
                 tally.parents += 1
             elif r.channel == "mp":
@@ -313,14 +323,14 @@ def student_weekly_card(ctx: JobContext) -> str:
     previous = load_entries(ctx.session, cal.previous_term(week.term), ids) if cutoff < week.term.start else None
     plans = plans_due(ctx.catalogue, cal, ctx.today, ctx.reminders.year_start_weeks)
     cards = cards_from_entries(ctx.catalogue, entries, week.sunday, cutoff, previous, ids)
-    messages: list[tuple[Recipient, str]] = []
+    messages: list[tuple[Recipient, str, str]] = []
     for r, signer, to in todo:
         mine = entries.get(r.id, [])
         card = cards[r.id]
         facts = week_facts(ctx.catalogue, mine, card, week, plans, ctx.today)
         head = names.get(r.head_teacher_id)
-        bodies = {parent: card_body(r.name, signer, head, week, card, facts, parent)
-                  for parent in {t.parent for t in to}}
-        messages += [(t, bodies[t.parent]) for t in to]
+        for t in to:  # each recipient's own link, so each their own body
+            url = page_link(ctx.settings, t.channel, t.to, CARD_PAGE)
+            messages.append((t, card_body(r.name, signer, head, week, card, facts, t.parent, url), url))
     _queue(ctx, week.key, messages, tally)
     return tally.line(week.key)

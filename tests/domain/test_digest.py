@@ -194,11 +194,15 @@ def test_split_parts_are_idempotent_too(demo, session, db_url, redis_url, monkey
     from scheduler import digest_jobs
 
     real = digest_jobs.weekly_markdown
-    monkeypatch.setattr(digest_jobs, "weekly_markdown", lambda ctx: real(ctx, limit=700))
+    monkeypatch.setattr(digest_jobs, "weekly_markdown", lambda ctx, link=None: real(ctx, limit=700, link=link))
     assert run(db_url, redis_url).status == "ok"
     sent = digests(session)
     keys = [r.period_key for r in sent["zhengyuan"]]
     assert len(keys) > 1 and keys == [f"{WEEK}-{i}" for i in range(1, len(keys) + 1)]
+    # Every part within the limit, the link to the dashboard whole at the end of the last one only.
+    bodies = [r.body for r in sent["zhengyuan"]]
+    assert all(len(b.encode("utf-8")) <= 700 for b in bodies)
+    assert [b.splitlines()[-1].startswith("[查看图表](http") for b in bodies] == [False] * (len(bodies) - 1) + [True]
     before = sum(len(v) for v in sent.values())
     monkeypatch.setattr(digest_jobs, "weekly_markdown", real)  # a rerun that would not split
     again = run(db_url, redis_url, at=time(8, 20))
@@ -236,19 +240,23 @@ def test_a_cold_overview_in_a_callback_is_answered_at_once_and_pushed_when_built
     assert "推送" in say(web, "zhengyuan", "本周概况")
     assert len(session.scalars(select(OverviewRequest)).all()) == 2
 
-    assert answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules()) == 2
-    assert answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules()) == 0  # nothing twice
+    assert answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules(), web.settings) == 2
+    again = answer_overview_requests(web.sessions, web.catalogue, wednesday, web.tz, web.rules(), web.settings)
+    assert again == 0  # nothing twice
     session.expire_all()
     pushed = {m.recipient: m.body for m in session.scalars(
         select(OutboxMessage).where(OutboxMessage.purpose == OVERVIEW_PURPOSE))}
-    assert pushed["wujun"] == inline
+    # The same digest; each ends with a link to the dashboard, signed for its channel (console / WeCom).
+    assert pushed["wujun"].rsplit("\n", 1)[0] == inline.rsplit("\n", 1)[0]
+    assert inline.splitlines()[-1].startswith("查看图表：http://localhost:8000/h5/dashboard?t=")
+    assert pushed["wujun"].splitlines()[-1].startswith("查看图表：http://localhost:8000/h5/dashboard?t=")
     assert pushed["zhengyuan"].startswith("储值卡周报 · 全院")
 
     # Once a Monday job has left the state this digest merges from (as of the Sunday before the
     # week it reports on: last Monday's run), the same web process answers inline.
     run(db_url, redis_url, day=MONDAY - timedelta(days=7))
     warm = say(web, "wujun", "本周概况")
-    assert warm == inline
+    assert warm.rsplit("\n", 1)[0] == inline.rsplit("\n", 1)[0]  # the links differ by when they were signed
     session.expire_all()
     assert len(session.scalars(select(OverviewRequest)).all()) == 2
 

@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import event, select
 
+from bot import create_app
+from models.page_links import read_link
 from models.schema import AuditLog, OutboxMessage, SchoolClass, Student
 from scheduler import weekly_card
 from scheduler.registry import JOBS
@@ -59,6 +61,23 @@ def cards(session, key: str = "2025-W47") -> dict[str, str]:
     return {r.recipient: r.body for r in rows}
 
 
+def open_link(db_url, redis_url, url: str, day: date = MONDAY):
+    """Open a link from a message in a browser (the Flask test client): the page it lands on."""
+    base = "http://localhost:8000"  # PUBLIC_BASE_URL's default, as make_service leaves it
+    assert url.startswith(base + "/h5/card?t=")
+    client = create_app(service=make_service(db_url, day, redis_url)).test_client()
+    first = client.get(url[len(base):])
+    assert first.status_code == 302
+    return client.get(first.headers["Location"])
+
+
+def link_line(body: str) -> str:
+    """The card's last line, the link to its page; the url alone."""
+    last = body.splitlines()[-1]
+    assert last.startswith("查看图表：http"), last
+    return last.removeprefix("查看图表：")
+
+
 def test_job_is_registered_for_monday_morning_not_on_the_hour():
     job = JOBS["student_weekly_card"]
     assert job.cron["day_of_week"] == "mon" and job.cron["hour"] == "8" and job.cron["minute"] == "10"
@@ -87,8 +106,17 @@ def test_weekly_card_content_is_personal_and_signed(college, session, db_url, re
     # ONE next step, attendance first.
     [step] = [ln for ln in lines if ln.startswith("下一步：")]
     assert step == "下一步：本周每节课按时到；确有事要请假，提前向班主任王芳老师请假。"
-    assert lines[-1] == "——班主任 王芳"
+    assert lines[-2] == "——班主任 王芳"
     assert len(body.encode("utf-8")) <= 2048
+    # It ends with a link to 张三's card page, signed for 张三, also the row's url.
+    url = link_line(body)
+    row = session.scalar(select(OutboxMessage).where(OutboxMessage.recipient == "zhangsan"))
+    assert row.url == url and row.msgtype == "text"
+    settings = make_service(db_url, MONDAY, redis_url).settings
+    assert read_link(settings, url.split("?t=")[1]) == ("wecom", "zhangsan")
+    page = open_link(db_url, redis_url, url)
+    assert page.status_code == 200 and "张三的储值卡" in page.get_data(as_text=True)
+    assert "89.0" in page.get_data(as_text=True)
 
     li = cards(session)["lisi"]
     assert "学业计划还没有提交" not in li and "· 个人发展规划还没有提交（截止 9月28日，已逾期）" in li
@@ -109,13 +137,16 @@ def test_who_gets_one_and_a_rerun_sends_nothing_new(college, session, db_url, re
                             "and 0 to parents on the Official Account, 0 parents unsubscribed")
     sent = cards(session)
     assert set(sent) == {"zhangsan", "lisi", "zhaoliu"}
-    assert sent["zhaoliu"].endswith("——班主任 何平")
+    assert sent["zhaoliu"].splitlines()[-2] == "——班主任 何平"
+    urls = {r.recipient: r.url for r in session.scalars(select(OutboxMessage))}
+    assert all(urls[k] == link_line(body) for k, body in sent.items())
     assert "上周没有新的记录。" in sent["zhaoliu"]
     assert "下一步：本周内写好《学业计划》" in sent["zhaoliu"]
 
     again = run(db_url, redis_url, at=time(15, 0))
     assert again.result.startswith("2025-W47: queued 0 weekly cards, 3 already queued")
-    assert len(cards(session)) == 3
+    assert cards(session) == sent  # nothing new, nothing rewritten (not even the links)
+    assert {r.recipient: r.url for r in session.scalars(select(OutboxMessage))} == urls
 
     assert "已订阅" in say(svc, "wangwu", "订阅周报")
     third = run(db_url, redis_url, MONDAY.replace(day=25))
@@ -128,7 +159,7 @@ def test_counsellor_signs_when_a_class_has_no_head_teacher(college, session, db_
     cs.head_teacher_id = None
     session.commit()
     run(db_url, redis_url)
-    assert cards(session)["zhangsan"].endswith("——辅导员 刘伟")
+    assert cards(session)["zhangsan"].splitlines()[-2] == "——辅导员 刘伟"
 
 
 def test_vacation_week_sends_nothing(session, db_url, redis_url):
@@ -206,10 +237,15 @@ def test_a_parent_gets_the_childs_card_addressed_to_them(college, session, db_ur
     assert lines[1] == "总分 89.0，一周增值 -6.0"
     assert "需要张三处理：" in body and "需要你处理" not in body
     assert "心理辅导" not in body  # a push never shows a sensitive point, to a parent neither
-    assert lines[-1] == "——班主任 王芳"
+    assert lines[-2] == "——班主任 王芳"
     session.expire_all()
     row = session.scalar(select(OutboxMessage).where(OutboxMessage.recipient == "o-zhang-mum"))
     assert row.channel == "mp" and row.purpose == "student_weekly_card"
+    # The template message opens the card page, signed for the parent: the child's card, nothing sensitive.
+    assert row.url == link_line(body)
+    page = open_link(db_url, redis_url, row.url)
+    assert page.status_code == 200 and "张三的储值卡" in page.get_data(as_text=True)
+    assert "心理" not in page.get_data(as_text=True)
 
 
 def test_the_parents_next_step_names_the_child():

@@ -291,7 +291,8 @@ def test_weekly_card_channels_parents_and_a_rerun(settings, session, db_url, red
     assert queued["o-liuyang"].body.startswith("刘洋同学，这是你上周")
     # The parent's card says what the student's says, addressed to the parent.
     student, parent = queued["zhangsan"].body.splitlines(), queued[OPENID].body.splitlines()
-    assert student[1:] == [line.replace("需要张三处理", "需要你处理") for line in parent[1:]]
+    assert student[1:-1] == [line.replace("需要张三处理", "需要你处理") for line in parent[1:-1]]
+    assert student[-1] != parent[-1] and parent[-1].endswith(queued[OPENID].url)  # each their own link
 
     report = make_deliverer(service_with(settings)).flush(NOW)
     assert report.sent == 7
@@ -299,6 +300,7 @@ def test_weekly_card_channels_parents_and_a_rerun(settings, session, db_url, red
     assert set(mp.received) == {"o-liuyang", OPENID, "o-wangwu-mum"}
     assert "o-zhangsan" not in mp.received and "o-zhangsan-dad" not in mp.received
     assert all(m["template_id"] == WEEKLY for sent in mp.messages.values() for m in sent)
+    assert [m["url"] for m in mp.messages[OPENID]] == [queued[OPENID].url]  # the template opens the card page
 
 
 def test_without_wecom_configured_a_student_bound_on_the_official_account_gets_the_card_there(
@@ -313,3 +315,12 @@ def test_without_wecom_configured_a_student_bound_on_the_official_account_gets_t
     channels = {r.recipient: r.channel for r in session.scalars(select(OutboxMessage))}
     assert channels["o-zhangsan"] == "mp" and "zhangsan" not in channels
     assert channels["lisi"] == "wecom"  # no binding: printed in a console chat, as before
+
+
+def test_a_template_message_leaves_its_own_link_out_of_the_text():
+    """The template message opens the page itself: its remark does not repeat the link as text."""
+    from scheduler.mp_delivery import template_data
+
+    url = "https://college.example/h5/card?t=abc"
+    data = template_data(f"张三同学的家长您好\n总分 96.6\n本周：全勤率 100%\n查看图表：{url}", NOW, url)
+    assert url not in "".join(data.values()) and data["remark"] == "本周：全勤率 100%"
