@@ -7,7 +7,7 @@ Every number comes from the one card formula (models.card: `point_values`, `buil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from statistics import fmean
@@ -15,11 +15,11 @@ from statistics import fmean
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from models.card import Card, PointValue, Scores, build_cards, point_values
+from models.card import Card, PointValue, build_cards, point_values
 from models.cards import load_entries, student_cards
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.digest.state import fingerprint, load_record, state_header
 from models.digest.week import DigestWeek, digest_week
+from models.digest.weeks import class_week
 from models.expected import expected_points
 from models.periods import Calendar, Term, period_key, week_bounds
 from models.schema import (
@@ -209,57 +209,28 @@ def students_behind(session: Session, catalogue: Catalogue, cal: Calendar, class
     return week.key, out
 
 
-# ── the digest's stored states as a series ────────────────────────────────────
+# ── the class average the card compares with ─────────────────────────────────
 
 
 @dataclass(frozen=True)
-class DomainWeek:
-    """Means over a scope's students of each domain subtotal and of the total, as of one Sunday."""
+class ClassAverage:
+    """What a student's card is compared with: the class's domain means and mean total, as of `day`
+    (the Sunday the weekly digest kept them for; None: computed now)."""
 
-    day: date
-    means: tuple[float | None, ...]  # in DOMAINS order
-    total: float | None
-    students: int
-
-
-def scope_means(day: date, scores: Iterable[Scores]) -> DomainWeek:
-    """`DomainWeek` of the given students' scores (those without a value left out of each mean)."""
-    scores = list(scores)
-    means = []
-    for i in range(len(DOMAINS)):
-        present = [x for s in scores if (x := s.subtotals[i]) is not None]
-        means.append(round(fmean(present), 1) if present else None)
-    totals = [s.total for s in scores if s.total is not None]
-    return DomainWeek(day, tuple(means), round(fmean(totals), 1) if totals else None, len(totals))
+    averages: dict[str, float | None]
+    mean_total: float | None
+    day: date | None
 
 
-def stored_weeks(session: Session, catalogue: Catalogue, term: Term, today: date,
-                 students: Sequence[int] | None, known: Iterable[date] = ()) -> list[DomainWeek]:
-    """The domain means of `students` (None: the college) at each stored digest state of the
-    semester up to `today` (models/digest/state.py keeps the newest and the one a week before),
-    oldest first; the days in `known` (the caller has their means already) are not read."""
-    rows = session.execute(select(DigestState.cutoff).where(
-        DigestState.semester_key == term.key, DigestState.cutoff <= today,
-        DigestState.catalogue == fingerprint(catalogue)).order_by(DigestState.cutoff)).scalars().all()
-    wanted = None if students is None else set(students)
-    skip = set(known)
-    out = []
-    for cutoff in (c for c in rows if c not in skip):
-        found = state_header(session, catalogue, term, cutoff)
-        state = load_record(session, *found) if found else None
-        if state is None or state.cutoff != cutoff:
-            continue
-        scores = state.scores.values() if wanted is None else (
-            sc for sid, sc in state.scores.items() if sid in wanted)
-        out.append(scope_means(cutoff, scores))
-    return out
-
-
-def students_of_classes(session: Session, class_ids: Iterable[int]) -> list[int]:
-    """The students of the given classes."""
-    ids = list(class_ids)
-    return list(session.scalars(select(Student.id).where(Student.class_id.in_(ids)))) if ids else []
-
+def class_average(session: Session, catalogue: Catalogue, cal: Calendar, class_id: int, today: date) -> ClassAverage:
+    """The class's means as the weekly digest kept them for its last Sunday (models/digest/weeks.py:
+    one indexed row), else (none recent: a new semester, a new installation) from every classmate's
+    card now (`class_figures`)."""
+    kept = class_week(session, catalogue, cal.term_for(today), class_id, today)
+    if kept is not None:
+        return ClassAverage(kept.averages, kept.total, kept.day)
+    figures = class_figures(session, catalogue, cal, class_id, today)
+    return ClassAverage(figures.averages, figures.mean_total, None)
 
 
 # ── what the digest is computed from ─────────────────────────────────────────

@@ -481,6 +481,25 @@ class DigestState(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class DigestMeans(Base):
+    """A scope's means of the card's domain subtotals and total as of one Sunday (scope 'college' id 0,
+    'department' or 'class' and its id), kept by the weekly digest job for the weeks' chart and the
+    card page's class average (models/digest/weeks.py); once per (scope, semester, Sunday)."""
+
+    __tablename__ = "digest_means"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "semester_key", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[int] = mapped_column(Integer)
+    semester_key: Mapped[str] = mapped_column(String(16))
+    day: Mapped[date] = mapped_column(Date)
+    catalogue: Mapped[str] = mapped_column(String(64))  # fingerprint (models/digest/state.py)
+    means: Mapped[str] = mapped_column(String(64))  # in DOMAINS order, comma-separated, "" for none
+    total: Mapped[float | None] = mapped_column(Float)
+    students: Mapped[int] = mapped_column(Integer)  # with a total
+
+
 # PostgreSQL keeps `data` as written (its own compression of 5 MB costs more than writing them).
 event.listen(DigestState.__table__, "after_create",
              DDL("ALTER TABLE digest_state ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(dialect="postgresql"))

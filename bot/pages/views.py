@@ -23,18 +23,18 @@ from models.digest.college import CollegeData, build_college, overview_is_quick
 from models.digest.recipients import scope_of
 from models.digest.summary import digest_context
 from models.digest.week import DigestWeek, digest_week
+from models.digest.weeks import COLLEGE, DEPARTMENT, DomainWeek, scope_weeks
 from models.pages import (
-    DomainWeek,
+    class_average,
     class_figures,
     class_student_ids,
     digest_inputs,
     histogram,
     next_step,
     roster_mark,
-    stored_weeks,
     student_history,
     students_behind,
-    students_of_classes,
+    week_ends,
 )
 from models.periods import Calendar
 from models.risk.rules import OPEN, rule_book
@@ -84,7 +84,7 @@ def _card(service: Service, session: Session, actor: Actor, student: Student, vi
     cal = service.directory.get(service.sessions).calendar
     card, latest = student_card(session, catalogue, cal, student.id, today, view.shows)
     history = student_history(session, catalogue, cal, student.id, today, view.shows)
-    figures = class_figures(session, catalogue, cal, student.class_id, today)
+    figures = class_average(session, catalogue, cal, student.class_id, today)
     recorders = dict(session.execute(select(Staff.id, Staff.name).where(
         Staff.id.in_({e.recorder_id for e in latest if e.recorder_id}))).all())
     latest_entries = [
@@ -100,7 +100,7 @@ def _card(service: Service, session: Session, actor: Actor, student: Student, vi
         "name": student.name, "student_no": student.student_no, "class_name": student.school_class.name,
         "class_code": student.school_class.code, "term": cal.term_for(today).label, "today": today,
         "card": card, "domains": domains, "full": view.domains == FULL, "by_month": _by_month(service),
-        "averages": figures.averages, "class_total": figures.mean_total,
+        "averages": figures.averages, "class_total": figures.mean_total, "averages_day": figures.day,
         "weeks": history.weeks, "semester_added": history.semester_added,
         "trends": [t for t in history.trends if t.point.domain in view.domains],
         "latest": latest_entries, "mean_unit": mean_unit, "warnings": warnings,
@@ -213,8 +213,8 @@ def digest_cache(service: Service) -> DigestCache:
 
 
 def dashboard(service: Service, session: Session, actor: Actor) -> dict | str:
-    """The weekly digest for the viewer's scope (as 本周概况 computes it), and the domain means at
-    each stored digest state (the series); or why not."""
+    """The weekly digest for the viewer's scope (as 本周概况 computes it), and the domain means of
+    each week of the semester the weekly job kept (the series); or why not."""
     if not (actor.is_staff and actor.roles & DIGEST_ROLES):
         return "not_leader"
     person = scope_of(session, actor.staff_id)
@@ -227,21 +227,18 @@ def _scope_page(session: Session, catalogue: Catalogue, week: DigestWeek, data: 
                 department_id: int | None) -> dict:
     """The dashboard's values for one scope from the college's digest data."""
     digest = digest_context(data, department_id)
-    students = None
-    if department_id is not None:
-        students = students_of_classes(session, session.scalars(
-            select(SchoolClass.id).where(SchoolClass.department_id == department_id)))
-    # The digest has the week's Sunday and the one before; only other stored states are read.
-    stored = stored_weeks(session, catalogue, week.term, week.sunday, students,
-                          known=(week.sunday, week.previous_sunday))
-    series = _series(stored, digest, week.sunday, week.previous_sunday)
+    scope, scope_id = (COLLEGE, 0) if department_id is None else (DEPARTMENT, department_id)
+    # The weeks the weekly job kept; the digest's own two weeks are its own figures.
+    stored = scope_weeks(session, catalogue, week.term, scope, scope_id, week.sunday)
+    series = _series(stored, digest, week.sunday, week.previous_sunday if week.previous_sunday >= week.term.start
+                     else None)
     return {"ready": True, "week": week, "d": digest, "series": series, "domain_names": DOMAINS,
-            "college": department_id is None}
+            "college": department_id is None, "semester_weeks": len(week_ends(week.term, week.sunday))}
 
 
-def _series(stored: list[DomainWeek], digest: dict, sunday: date, previous: date) -> list[DomainWeek]:
-    """The stored states' means with the digest's own two weeks (the week's Sunday and the one before),
-    the digest's figures winning on the same day."""
+def _series(stored: list[DomainWeek], digest: dict, sunday: date, previous: date | None) -> list[DomainWeek]:
+    """The kept weeks' means with the digest's own two weeks (the week's Sunday and the one before, None
+    when that is of the previous semester), the digest's figures winning on the same day."""
     now = tuple(d["mean"] for d in digest["domains"])
     before = tuple(None if d["mean"] is None or d["change"] is None else round(d["mean"] - d["change"], 1)
                    for d in digest["domains"])
@@ -249,6 +246,7 @@ def _series(stored: list[DomainWeek], digest: dict, sunday: date, previous: date
     total_before = None if total["mean"] is None or total["change"] is None else round(
         total["mean"] - total["change"], 1)
     by_day = {w.day: w for w in stored}
-    by_day[previous] = DomainWeek(previous, before, total_before, 0)
+    if previous is not None:
+        by_day[previous] = DomainWeek(previous, before, total_before, 0)
     by_day[sunday] = DomainWeek(sunday, now, total["mean"], digest["students"])
     return [by_day[d] for d in sorted(by_day)]

@@ -13,4 +13,6 @@ Monday push) render it through templates/digest/. Import from the modules:
 - `state`       that stored state (table digest_state): accumulators per point and student, its
                 record, loading and saving.
 - `fold`        the merge of a state with the entries recorded since it (the delta).
+- `weeks`       each scope's domain means per Sunday (table digest_means), kept by the weekly job:
+                the dashboard's chart of the weeks, the card page's class average.
 """

@@ -29,9 +29,10 @@ from sqlalchemy.orm import Session, aliased
 
 from models.card import EMPTY, Scores
 from models.catalogue import DOMAINS, Catalogue, ScorePoint
-from models.digest.standing import begin_standing
+from models.digest.standing import Standing, begin_standing
 from models.digest.state import state_header
 from models.digest.week import DigestWeek, compared_with, digest_week
+from models.digest.weeks import record_week
 from models.expected import _class_sizes, _recorded_classes, expected_points, recorder_scopes
 from models.periods import Calendar
 from models.risk.rules import ACTION_KINDS, EVIDENCE_KINDS, FALSE_ALARM, OPEN, RuleBook
@@ -207,6 +208,9 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
     for class_id, sids in members.items():
         if class_id in classes:
             classes[class_id].averages.add([(now(sid, EMPTY), before(sid, EMPTY)) for sid in sids])
+    if persist and week.in_session:
+        _keep_weeks(session, catalogue, cal, week, values, class_of,
+                    {c.id: c.department_id for c in classes.values()})
     return CollegeData(
         week=week, departments=departments, classes=classes,
         recorders=_data_entry(entry_facts, week, classes, class_of, values.week_done),
@@ -214,6 +218,16 @@ def build_college(session: Session, catalogue: Catalogue, cal: Calendar, today: 
         sensitive_categories=frozenset(c.name for c in book.categories.values() if c.sensitive),
         categories=tuple(book.categories), overdue_tasks=overdue_tasks, since=since, until=until,
     )
+
+
+def _keep_weeks(session: Session, catalogue: Catalogue, cal: Calendar, week: DigestWeek, values: Standing,
+                class_of: dict[int, int], department_of: dict[int, int]) -> None:
+    """The weeks' means (models/digest/weeks.py) as of the week's Sunday, and as of the Sunday before
+    when of the same semester and not kept yet (the first run, or a week the job missed)."""
+    record_week(session, catalogue, week.term, week.sunday, values.now, class_of, department_of)
+    term, day = compared_with(week, cal)
+    if term.key == week.term.key:
+        record_week(session, catalogue, term, day, values.before, class_of, department_of)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from models.catalogue import Catalogue
+from models.digest.weeks import fill_weeks
 from models.periods import (
     Calendar,
     Placement,
@@ -228,6 +229,9 @@ def load_demo(session: Session, catalogue: Catalogue, today: date, seed: int = 7
     writer = _Writer(catalogue, cal, today, tz)
     _history(writer, rng, cal, today, staff, classes, pupils)
     writer.write(session, report)
+    session.flush()
+    # The dashboard's chart of the weeks: the semester's Sundays so far, as the weekly job keeps them.
+    fill_weeks(session, catalogue, cal, today)
     session.add(AuditLog(
         actor="demo", action="import", entity="roster", entity_key=SOURCE,
         new_value=json.dumps({"departments": report.departments, "classes": report.classes,

@@ -339,3 +339,77 @@ def test_the_dashboard_kept_in_the_process_shows_a_late_recording_at_once(app, r
     later = client.get("/h5/dashboard")
     assert shown(later) != shown(first)
     assert say(svc, "zhengyuan", "本周概况") != overview
+
+
+# ── the class average and the weeks, as the weekly digest kept them ─────────
+
+
+def weekly_job(svc, session, monday) -> None:  # noqa: ANN001
+    from models.digest.college import build_college  # noqa: PLC0415
+    from models.risk.rules import rule_book  # noqa: PLC0415
+
+    cal = svc.directory.get(svc.sessions).calendar
+    build_college(session, svc.catalogue, cal, monday, ZoneInfo(svc.settings.timezone),
+                  rule_book(svc.settings, svc.catalogue), persist=True)
+    session.commit()
+
+
+def radar_average(body: str) -> list[str]:
+    """The 班级平均 column of the card page's table of domains."""
+    table = body.split("<h2>领域小计与班级平均</h2>", 1)[1].split("</table>", 1)[0]
+    return re.findall(r'<tr><th scope="row">[^<]+</th><td>[^<]*</td><td>([^<]*)</td>', table)
+
+
+def test_the_card_compares_with_the_class_as_of_last_sunday_and_its_own_numbers_stay_live(
+        app, recorded, session) -> None:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from models.pages import class_figures  # noqa: PLC0415
+
+    svc = app.extensions["czk"]
+    today = svc.today()
+    monday = today - timedelta(days=today.weekday())
+    sunday = monday - timedelta(days=1)
+    assert "已记录" in say(svc, "wangfang", "上周 全勤率 张三 60 李四 70 王五 80")
+    _client, live_page = open_as(app, "wangfang", "/h5/card/2023010102")
+    assert "班级平均截至" not in html(live_page)  # nothing kept yet: computed now
+    weekly_job(svc, session, monday)
+
+    _client, page = open_as(app, "wangfang", "/h5/card/2023010102")
+    body = html(page)
+    assert f"班级平均截至{sunday.month}月{sunday.day}日" in body
+    class_id = session.scalar(select(SchoolClass.id).where(SchoolClass.code == "计算机2301"))
+    cal = svc.directory.get(svc.sessions).calendar
+    as_of_sunday = class_figures(session, svc.catalogue, cal, class_id, sunday)
+    shown = radar_average(body)
+    expected = [f"{v:.1f}" if v is not None else "—" for v in as_of_sunday.averages.values()]
+    assert shown == expected
+    # A recording today: the student's own numbers change at once, the class's as of Sunday do not.
+    assert "已记录" in say(svc, "wangfang", "全勤率 张三 99")
+    _client, after = open_as(app, "wangfang", "/h5/card/2023010102")
+    chat = say(svc, "wangfang", "储值卡 2023010102")
+    assert shown_total(html(after)) == re.search(r"总分 (\S+)", chat).group(1)
+    assert radar_average(html(after)) == shown
+
+
+def chart_points(body: str) -> int:
+    return int(re.search(r"横轴为各周周末，共(\d+)个点", body).group(1))
+
+
+def test_the_dashboard_chart_has_a_point_per_kept_week(app, recorded, session) -> None:
+    from datetime import timedelta  # noqa: PLC0415
+
+    svc = app.extensions["czk"]
+    today = svc.today()
+    monday = today - timedelta(days=today.weekday())
+    _client, first = open_as(app, "zhengyuan", "/h5/dashboard")
+    assert chart_points(html(first)) == 2  # the digest's own two weeks, nothing kept
+    assert "图中只有每周周报保存过的2周" in html(first)
+    for weeks_ago in (3, 2, 1, 0):  # the job ran on each of the last four Mondays
+        weekly_job(svc, session, monday - timedelta(weeks=weeks_ago))
+    for userid in ("zhengyuan", "wujun"):  # the college, a department
+        _client, page = open_as(app, userid, "/h5/dashboard")
+        assert chart_points(html(page)) == 5, userid
+    weekly_job(svc, session, monday)  # a rerun: nothing new
+    _client, page = open_as(app, "zhengyuan", "/h5/dashboard")
+    assert chart_points(html(page)) == 5
