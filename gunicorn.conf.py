@@ -50,6 +50,14 @@ def child_exit(server, worker):  # noqa: ANN001, ANN201
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker):  # noqa: ANN001, ANN201
+    """A worker has loaded the app (after the fork, gevent patched): load what its first request would
+    otherwise wait for (bot.warm_up), before it accepts connections."""
+    from bot import warm_up
+
+    warm_up(worker.wsgi)
+
+
 def on_exit(server):  # noqa: ANN001, ANN201
     if _OWN_METRICS_DIR:
         import shutil

@@ -13,7 +13,6 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable
 from datetime import date, datetime
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
@@ -35,7 +34,7 @@ def p99(times: list[float]) -> float:
 
 def page_figures(url: str, day: date, samples: int) -> list[Result]:
     """Measure the pages as of `day` 10:00 (a Wednesday: the digest's state is there); print each figure."""
-    from bot import create_app  # noqa: PLC0415
+    from bot import create_app, warm_up  # noqa: PLC0415
     from bot import service as runtime  # noqa: PLC0415
     from bot.pipeline import handle_message  # noqa: PLC0415
     from core.config import load_settings  # noqa: PLC0415
@@ -115,14 +114,20 @@ def page_figures(url: str, day: date, samples: int) -> list[Result]:
             assert got.status_code == 200 and "还在准备中" not in got.get_data(as_text=True)
         return out
 
-    fresh: Callable[[], object] = lambda: create_app(service=service())  # noqa: E731
+    def fresh() -> object:
+        """A started worker: the app built and warmed (bot.warm_up: the roster and the page templates,
+        as gunicorn.conf.py's post_worker_init does before the worker accepts connections)."""
+        app_ = create_app(service=service())
+        warm_up(app_)
+        return app_
+
     firsts = [views(leader, fresh(), 1)[0] for _ in range(3)]
     later_app = fresh()
     later = views(leader, later_app, 6)[1:] + views(head, later_app, 6)[1:]
     cold, warm = max(firsts), max(later)
-    print(f"dashboard from the stored state: first view in a process (院领导, three processes) "
+    print(f"dashboard from the stored state: first view in a started worker (院领导, three workers) "
           f"{', '.join(f'{t:.3f}' for t in firsts)} s; later views (院领导 and a 系部主任) at most "
           f"{warm * 1000:.0f} ms")
-    results.append(("dashboard ≤ 1 s, first view in a process", f"{cold:.3f} s", cold <= TARGET_DASHBOARD_S))
+    results.append(("dashboard ≤ 1 s, first view in a started worker", f"{cold:.3f} s", cold <= TARGET_DASHBOARD_S))
     results.append(("dashboard ≤ 1 s, later views", f"{warm:.3f} s", warm <= TARGET_DASHBOARD_S))
     return results

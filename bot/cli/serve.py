@@ -36,6 +36,9 @@ def register(app: Flask) -> None:
         from werkzeug.serving import run_simple
 
         cli_service()  # the schema must be current
+        from bot import warm_up  # noqa: PLC0415
+
+        warm_up(current_app._get_current_object())  # as a gunicorn worker does before it serves
 
         def stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt  # werkzeug's serve_forever ends on it and closes the socket

@@ -413,3 +413,25 @@ def test_the_dashboard_chart_has_a_point_per_kept_week(app, recorded, session) -
     weekly_job(svc, session, monday)  # a rerun: nothing new
     _client, page = open_as(app, "zhengyuan", "/h5/dashboard")
     assert chart_points(html(page)) == 5
+
+
+def test_a_started_worker_has_the_roster_and_the_page_templates_loaded(svc) -> None:
+    """bot.warm_up (gunicorn's post_worker_init, `serve`): the first page view pays neither."""
+    from bot import PAGE_TEMPLATES, warm_up
+
+    app = create_app(service=svc)
+    assert svc.directory._current is None
+    warm_up(app)
+    assert svc.directory._current is not None and "2023010101" in svc.directory._current.students_by_no
+    compiled = {key[1] for key in app.jinja_env.cache.keys()}  # (loader, name) → template
+    assert set(PAGE_TEMPLATES) <= compiled
+
+
+def test_a_worker_starts_even_when_the_database_does_not_answer(tmp_path) -> None:
+    from bot import warm_up
+
+    settings = load_settings({"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none", "redis_url": None,
+                              "secret_key": "test"})
+    app = create_app(service=runtime.make_service(settings))
+    warm_up(app)  # logs a warning, raises nothing
+    assert app.extensions["czk"].directory._current is None
