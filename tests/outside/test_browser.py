@@ -97,8 +97,10 @@ class Visit:
     hosts: set[str] = field(default_factory=set)  # every host a request went to
 
 
-def visit(browser, site: Site, userid: str, path: str, shot: Path | None = None) -> Visit:  # noqa: ANN001
-    """Open `path` from a link signed for `userid` at 375 × 812, as WeChat's browser would."""
+def visit(browser, site: Site, userid: str, path: str, shot: Path | None = None,  # noqa: ANN001
+          url: str | None = None) -> Visit:
+    """Open `path` from a link signed for `userid` (or `url`, a link a message carried) at 375 × 812,
+    as WeChat's browser would."""
     context = browser.new_context(viewport=PHONE, device_scale_factor=1, locale="zh-CN")
     page = context.new_page()
     errors: list[str] = []
@@ -110,7 +112,7 @@ def visit(browser, site: Site, userid: str, path: str, shot: Path | None = None)
     page.on("response", lambda r: errors.append(f"{r.status}: {r.url}")
             if r.status >= 400 and r.request.resource_type != "document" else None)
     try:
-        response = page.goto(site.link(userid, path), wait_until="load")
+        response = page.goto(url or site.link(userid, path), wait_until="load")
         assert response is not None
         charts = []
         for svg in page.locator("svg.chart").all():
@@ -141,7 +143,10 @@ def test_zhangsans_card_shows_the_radar_the_trend_and_the_chats_total(browser, s
     chat = ok(bot(site.env, "chat", "--as", "zhangsan", stdin="储值卡\n"))
     total = re.search(r"总分 ([0-9.]+)", chat)
     assert total, chat
-    v = visit(browser, site, "zhangsan", "/h5/card", tmp_path / "card.png")
+    link = re.search(r"查看图表：(\S+)", chat)  # the link the chat answer ends with, opened as it is
+    assert link and chat.rstrip().endswith(link.group(1)) and link.group(1).startswith(site.base), chat
+    v = visit(browser, site, "zhangsan", "/h5/card", tmp_path / "card.png", url=link.group(1))
+    assert v.status == 200, v.status
     drawn(v, 2)
     only_this_site(v, site)
     titles = [c["title"] for c in v.charts]
