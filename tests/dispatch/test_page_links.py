@@ -100,7 +100,7 @@ def test_the_class_card_links_to_the_class_page(svc) -> None:
     url = link_of(reply)
     assert unquote(urlsplit(url).path) == "/h5/class/计算机2301"
     page = opened(svc, url)
-    assert page.status_code == 200 and "计算机2301班级卡" in text_of(page)
+    assert page.status_code == 200 and "计算机2301 · 班级卡" in text_of(page)
 
 
 def test_the_digest_links_to_the_dashboard(svc) -> None:

@@ -167,7 +167,7 @@ def test_the_viewer_is_identified_again_on_every_request(app, session, college) 
 
 def test_a_console_link_accepts_a_staff_number(app) -> None:
     _client, page = open_as(app, "T001", "/h5/class/计算机2301", channel="console")
-    assert page.status_code == 200 and "计算机2301班级卡" in html(page)
+    assert page.status_code == 200 and "计算机2301 · 班级卡" in html(page)
 
 
 def test_an_official_account_viewer_unknown_until_bound(app) -> None:

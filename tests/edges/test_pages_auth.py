@@ -283,7 +283,7 @@ def test_no_session_goes_to_wecom_first(college, db_url, redis_url, today, wecom
     _r, state = start(client, "wecom", "/h5/class/计算机2301")
     done = client.get(f"/h5/auth/wecom/callback?code={wecom.issue_code('wangfang')}&state={state}")
     page = client.get(done.headers["Location"])
-    assert page.status_code == 200 and "计算机2301班级卡" in html(page)
+    assert page.status_code == 200 and "计算机2301 · 班级卡" in html(page)
     # WeChat's own browser cannot pass WeCom's OAuth: the Official Account's instead.
     fresh = app.test_client().get("/h5/card", headers={"User-Agent": WECHAT_UA})
     assert sign_in_route(fresh) == ("/h5/auth/mp", "/h5/card")
