@@ -31,15 +31,12 @@ To crash a caller after WeChat took its message, hold the answer (as FakeWeCom d
 
 from __future__ import annotations
 
-import json
 import secrets
-import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.wechat_server import FakeWeChatServer, Route
 
 CUSTOM_WINDOW_S = 48 * 3600
 MAX_TEXT_BYTES = 2048
@@ -49,7 +46,6 @@ MAX_KEY_BYTES, MAX_URL_BYTES = 128, 1024
 BUTTON_TYPES = {"click", "view", "scancode_push", "scancode_waitmsg", "pic_sysphoto", "pic_photo_or_album",
                 "pic_weixin", "location_select", "media_id", "view_limited", "miniprogram", "article_id",
                 "article_view_limited"}
-HOLD_MAX_S = 60.0
 
 ERRMSG = {
     -1: "system error",
@@ -88,94 +84,33 @@ ERRMSG = {
 }
 
 
-@dataclass
-class Call:
-    """One request the fake received."""
-
-    method: str
-    path: str  # relative to the root, e.g. "cgi-bin/token"
-    params: dict[str, str]
-    body: Any
-    at: float = field(default_factory=time.time)
-    accepted: bool = False
-
-
-@dataclass
-class Fault:
-    """An injected failure for the next matching call."""
-
-    errcode: int | None = None
-    http_status: int | None = None
-    delay: float = 0.0
-    path: str | None = None
-    hold: bool = False
-
-
-class FakeMp:
+class FakeMp(FakeWeChatServer):
     """A threaded HTTP server speaking the bits of the Official Account API the service uses."""
+
+    ERRMSG = ERRMSG
+    NAME = "fake-mp"
 
     def __init__(self, app_id: str = "wxfake0000000app", secret: str = "fake-mp-secret-0123456789",
                  templates: set[str] | None = None, expires_in: int = 7200) -> None:
+        super().__init__(expires_in=expires_in)
         self.app_id = app_id
         self.secret = secret
         self.templates = set(templates or ())
-        self.expires_in = expires_in
-        self.calls: list[Call] = []
-        self.tokens: dict[str, float] = {}  # token → expires at; absent: not (or no longer) valid
         self.received: dict[str, list[str]] = defaultdict(list)
         self.messages: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.menu: dict[str, Any] | None = None
         self.last_wrote: dict[str, float] = {}
         self.unfollowed: set[str] = set()
         self.codes: dict[str, str | None] = {}  # code → openid (None once used)
-        self._faults: list[Fault] = []
-        self._held = threading.Semaphore(0)
-        self._release = threading.Event()
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    # ── life cycle ───────────────────────────────────────────────────────────
-
-    def start(self) -> FakeMp:
-        """Listen on a free loopback port."""
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802
-                fake._serve(self, "GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                fake._serve(self, "POST")
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="fake-mp", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeMp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """What MP_API_BASE should be set to (the root, up to the host's "/")."""
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_port}/"
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {
+            ("GET", "cgi-bin/token"): self._token,
+            ("POST", "cgi-bin/message/custom/send"): self._custom_send,
+            ("POST", "cgi-bin/message/template/send"): self._template_send,
+            ("POST", "cgi-bin/menu/create"): self._menu_create,
+            ("GET", "sns/oauth2/access_token"): self._oauth,
+        }
 
     # ── control and inspection ───────────────────────────────────────────────
 
@@ -197,123 +132,38 @@ class FakeMp:
             self.codes[code] = openid
         return code
 
-    def fail_next(self, count: int = 1, *, errcode: int | None = None, http_status: int | None = None,
-                  delay: float = 0.0, path: str | None = None) -> None:
-        """Make the next `count` calls (to `path`, or any) answer `errcode`, or HTTP `http_status`, after `delay`."""
-        with self._lock:
-            self._faults.extend(Fault(errcode, http_status, delay, path) for _ in range(count))
-
-    def hold_next(self, count: int = 1, *, path: str | None = None) -> None:
-        """Process the next `count` calls (to `path`) as usual but hold their answers until `release()`."""
-        with self._lock:
-            self._release.clear()
-            self._faults.extend(Fault(path=path, hold=True) for _ in range(count))
-
-    def wait_held(self, timeout: float = 30.0) -> bool:
-        """Wait until a held call has been processed and is waiting to answer."""
-        return self._held.acquire(timeout=timeout)
-
-    def release(self) -> None:
-        """Let every held answer go."""
-        self._release.set()
-
-    def expire_tokens(self) -> None:
-        """Every token issued so far is now expired (42001)."""
-        with self._lock:
-            for token in self.tokens:
-                self.tokens[token] = 0.0
-
-    def revoke_tokens(self) -> None:
-        """Every token issued so far is no longer valid (40001, as after a newer token elsewhere)."""
-        with self._lock:
-            self.tokens.clear()
-
-    def calls_to(self, path: str) -> int:
-        """How many calls reached `path` (e.g. "cgi-bin/token", "cgi-bin/message/template/send")."""
-        with self._lock:
-            return sum(1 for c in self.calls if c.path == path)
-
     # ── the API ──────────────────────────────────────────────────────────────
-
-    def _serve(self, http: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlsplit(http.path)
-        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        length = int(http.headers.get("Content-Length") or 0)
-        raw = http.rfile.read(length) if length else b""
-        try:
-            body: Any = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            body = raw.decode("utf-8", "replace")
-        path = url.path.lstrip("/")
-        call = Call(method, path, params, body)
-        with self._lock:
-            self.calls.append(call)
-            fault = next((f for f in self._faults if f.path in (None, path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
-        if fault is not None and not fault.hold:
-            if fault.delay:
-                time.sleep(fault.delay)
-            if fault.http_status is not None:
-                self._send(http, fault.http_status, b"injected failure", "text/plain")
-                return
-            if fault.errcode is not None:
-                self._json(http, self._error(fault.errcode, "injected"))
-                return
-        routes = {
-            ("GET", "cgi-bin/token"): self._token,
-            ("POST", "cgi-bin/message/custom/send"): self._custom_send,
-            ("POST", "cgi-bin/message/template/send"): self._template_send,
-            ("POST", "cgi-bin/menu/create"): self._menu_create,
-            ("GET", "sns/oauth2/access_token"): self._oauth,
-        }
-        route = routes.get((method, path))
-        if route is None:
-            self._send(http, 404, b"not found", "text/plain")
-            return
-        result = route(params, body)
-        call.accepted = result.get("errcode", 0) == 0
-        if fault is not None and fault.hold:
-            self._held.release()
-            self._release.wait(HOLD_MAX_S)
-        self._json(http, result)
-
-    @staticmethod
-    def _error(errcode: int, detail: str = "") -> dict[str, Any]:
-        return {"errcode": errcode, "errmsg": f"{ERRMSG.get(errcode, 'error')}{', ' + detail if detail else ''}"}
 
     def _credentials(self, params: dict[str, str]) -> dict[str, Any] | None:
         if not params.get("appid"):
-            return self._error(41002)
+            return self.error(41002)
         if not params.get("secret"):
-            return self._error(41004)
+            return self.error(41004)
         if params["appid"] != self.app_id:
-            return self._error(40013)
+            return self.error(40013)
         if params["secret"] != self.secret:
-            return self._error(40125)
+            return self.error(40125)
         return None
 
     def _token(self, params: dict[str, str], _body: Any) -> dict[str, Any]:
         if params.get("grant_type") != "client_credential":
-            return self._error(40002)
+            return self.error(40002)
         refused = self._credentials(params)
         if refused is not None:
             return refused
-        token = secrets.token_urlsafe(32)
-        with self._lock:
-            self.tokens[token] = time.time() + self.expires_in
+        token = self.issue_token()
         return {"access_token": token, "expires_in": self.expires_in}
 
     def _token_error(self, params: dict[str, str]) -> dict[str, Any] | None:
         token = params.get("access_token")
         if not token:
-            return self._error(41001)
+            return self.error(41001)
         with self._lock:
             expires_at = self.tokens.get(token)
         if expires_at is None:
-            return self._error(40001)
+            return self.error(40001)
         if expires_at <= time.time():
-            return self._error(42001)
+            return self.error(42001)
         return None
 
     def _recipient(self, params: dict[str, str], body: Any) -> tuple[str, dict[str, Any] | None]:
@@ -321,14 +171,14 @@ class FakeMp:
         if refused is not None:
             return "", refused
         if body is None:
-            return "", self._error(41009)
+            return "", self.error(41009)
         if not isinstance(body, dict):
-            return "", self._error(47001)
+            return "", self.error(47001)
         openid = str(body.get("touser") or "")
         if not openid:
-            return "", self._error(40003)
+            return "", self.error(40003)
         if openid in self.unfollowed:
-            return openid, self._error(43004)
+            return openid, self.error(43004)
         return openid, None
 
     def _custom_send(self, params: dict[str, str], body: Any) -> dict[str, Any]:
@@ -337,16 +187,16 @@ class FakeMp:
             return refused
         text = body.get("text")
         if body.get("msgtype") != "text" or not isinstance(text, dict):
-            return self._error(40008)
+            return self.error(40008)
         content = str(text.get("content") or "")
         if not content:
-            return self._error(44004)
+            return self.error(44004)
         if len(content.encode()) > MAX_TEXT_BYTES:
-            return self._error(45002)
+            return self.error(45002)
         with self._lock:
             wrote = self.last_wrote.get(openid)
             if wrote is None or time.time() - wrote >= CUSTOM_WINDOW_S:
-                return self._error(45015)
+                return self.error(45015)
             self.received[openid].append(content)
             self.messages[openid].append(body)
         return {"errcode": 0, "errmsg": "ok"}
@@ -356,10 +206,10 @@ class FakeMp:
         if refused is not None:
             return refused
         if body.get("template_id") not in self.templates:
-            return self._error(40037)
+            return self.error(40037)
         data = body.get("data")
         if not isinstance(data, dict) or not all(isinstance(v, dict) and "value" in v for v in data.values()):
-            return self._error(47001)
+            return self.error(47001)
         with self._lock:
             self.received[openid].append("\n".join(str(v["value"]) for v in data.values()))
             self.messages[openid].append(body)
@@ -370,45 +220,32 @@ class FakeMp:
         if refused is not None:
             return refused
         if not isinstance(body, dict):
-            return self._error(47001)
+            return self.error(47001)
         errcode = menu_error(body, MAX_NAME_BYTES, MAX_SUB_NAME_BYTES)
         if errcode:
-            return self._error(errcode)
+            return self.error(errcode)
         with self._lock:
             self.menu = body
         return {"errcode": 0, "errmsg": "ok"}
 
     def _oauth(self, params: dict[str, str], _body: Any) -> dict[str, Any]:
         if params.get("grant_type") != "authorization_code":
-            return self._error(40002)
+            return self.error(40002)
         refused = self._credentials(params)
         if refused is not None:
             return refused
         code = params.get("code") or ""
         with self._lock:
             if code not in self.codes:
-                return self._error(40029)
+                return self.error(40029)
             openid = self.codes[code]
             if openid is None:
-                return self._error(40163)
+                return self.error(40163)
             self.codes[code] = None
         return {"access_token": secrets.token_urlsafe(24), "expires_in": 7200,
                 "refresh_token": secrets.token_urlsafe(24), "openid": openid, "scope": "snsapi_base"}
 
-    @staticmethod
-    def _json(http: BaseHTTPRequestHandler, result: dict[str, Any]) -> None:
-        FakeMp._send(http, 200, json.dumps(result, ensure_ascii=False).encode(), "application/json")
 
-    @staticmethod
-    def _send(http: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str) -> None:
-        try:
-            http.send_response(status)
-            http.send_header("Content-Type", f"{content_type}; charset=utf-8")
-            http.send_header("Content-Length", str(len(data)))
-            http.end_headers()
-            http.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
 def menu_error(body: dict[str, Any], name_bytes: int, sub_name_bytes: int) -> int:

@@ -37,17 +37,13 @@ To crash a caller after WeCom took its message, hold the answer:
 
 from __future__ import annotations
 
-import json
 import secrets
-import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.fake_mp import menu_error
+from tests.fakes.wechat_server import FakeWeChatServer, Route
 
 PREFIX = "/cgi-bin/"
 MAX_RECIPIENTS = 1000
@@ -58,7 +54,6 @@ PER_MINUTE, PER_HOUR = 30, 1000
 DUPLICATE_CHECK_DEFAULT_S, DUPLICATE_CHECK_MAX_S = 1800, 4 * 3600
 MAX_MENU_NAME_BYTES, MAX_SUB_MENU_NAME_BYTES = 16, 40  # menu/create: a button's name, a sub button's
 CODE_TTL_S = 300  # an OAuth code unused this long has expired
-HOLD_MAX_S = 60.0  # a held answer is given up after this even if nobody releases it
 
 ERRMSG = {
     0: "ok",
@@ -92,104 +87,38 @@ ERRMSG = {
 }
 
 
-@dataclass
-class Call:
-    """One request the fake received."""
-
-    method: str
-    path: str  # relative to /cgi-bin/, e.g. "gettoken"
-    params: dict[str, str]
-    body: Any  # the decoded JSON body, or the raw text when it is not JSON
-    at: float = field(default_factory=time.time)
-    accepted: bool = False  # answered errcode 0
-
-
-@dataclass
-class Fault:
-    """An injected failure for the next matching call."""
-
-    errcode: int | None = None
-    http_status: int | None = None
-    delay: float = 0.0
-    path: str | None = None  # None: any endpoint
-    hold: bool = False  # process the call, then hold its answer until release()
-
-
-class FakeWeCom:
+class FakeWeCom(FakeWeChatServer):
     """A threaded HTTP server speaking the bits of the WeCom API the service uses."""
+
+    PREFIX = PREFIX
+    ERRMSG = ERRMSG
+    NAME = "fake-wecom"
+    HOLD_PATH = "message/send"
 
     def __init__(self, corp_id: str = "wwfake0000corp", secret: str = "fake-secret-0123456789",
                  agent_id: int = 1000002, expires_in: int = 7200, known_users: set[str] | None = None,
                  latency: float = 0.0, keep_bodies: bool = True) -> None:
+        super().__init__(expires_in=expires_in, latency=latency, keep_bodies=keep_bodies)
         self.corp_id = corp_id
-        self.latency = latency  # seconds every call takes before it is handled
-        self.keep_bodies = keep_bodies  # False: calls are recorded without their bodies
         self.secret = secret
         self.agent_id = agent_id
-        self.expires_in = expires_in
         self.known_users = known_users  # None: every userid exists
-        self.calls: list[Call] = []
-        self.tokens: dict[str, float] = {}  # token -> expires at (time.time())
         self.received: dict[str, list[str]] = defaultdict(list)  # userid -> delivered contents
         self.dropped: dict[str, list[str]] = defaultdict(list)  # userid -> silently dropped contents
         self.duplicates: dict[str, list[str]] = defaultdict(list)  # userid -> contents the duplicate check kept back
         self._deliveries: dict[str, list[float]] = defaultdict(list)
         self._delivered: dict[str, list[tuple[str, float]]] = defaultdict(list)  # userid -> (content key, at)
-        self._held = threading.Semaphore(0)  # one per call delivered whose answer is held
-        self._release = threading.Event()
-        self._faults: list[Fault] = []
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self.max_in_flight = 0  # the most calls it was serving at once
         self.menu: dict[str, Any] | None = None  # the app's menu, once menu/create accepted one
         # OAuth code → ("userid" | "openid", who, issued at); None once used
         self.codes: dict[str, tuple[str, str, float] | None] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # ── life cycle ───────────────────────────────────────────────────────────
-
-    def start(self) -> FakeWeCom:
-        """Listen on a free loopback port."""
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802
-                fake._serve(self, "GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                fake._serve(self, "POST")
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-wecom", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeWeCom:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """What WECOM_API_BASE should be set to."""
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_port}{PREFIX}"
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {
+            ("GET", "gettoken"): lambda params, _body: self._gettoken(params),
+            ("POST", "message/send"): self._message_send,
+            ("POST", "menu/create"): self._menu_create,
+            ("GET", "auth/getuserinfo"): lambda params, _body: self._getuserinfo(params),
+        }
 
     # ── control and inspection ───────────────────────────────────────────────
 
@@ -204,42 +133,6 @@ class FakeWeCom:
                 ("openid", str(openid), time.time() - age)
         return code
 
-    def fail_next(self, count: int = 1, *, errcode: int | None = None, http_status: int | None = None,
-                  delay: float = 0.0, path: str | None = None) -> None:
-        """Make the next `count` calls (to `path`, or any) answer `errcode`, or HTTP `http_status`, after `delay`."""
-        with self._lock:
-            self._faults.extend(Fault(errcode, http_status, delay, path) for _ in range(count))
-
-    def hold_next(self, count: int = 1, *, path: str | None = "message/send") -> None:
-        """Deliver the next `count` calls (to `path`) as usual but hold their answers until `release()`."""
-        with self._lock:
-            self._release.clear()
-            self._faults.extend(Fault(path=path, hold=True) for _ in range(count))
-
-    def wait_held(self, timeout: float = 30.0) -> bool:
-        """Wait until a held call has been processed (delivered) and is waiting to answer."""
-        return self._held.acquire(timeout=timeout)
-
-    def release(self) -> None:
-        """Let every held answer go (to a caller that may be gone)."""
-        self._release.set()
-
-    def expire_tokens(self) -> None:
-        """Every token issued so far is now expired (42001)."""
-        with self._lock:
-            for token in self.tokens:
-                self.tokens[token] = 0.0
-
-    def revoke_tokens(self) -> None:
-        """Forget every token issued so far (40014)."""
-        with self._lock:
-            self.tokens.clear()
-
-    def calls_to(self, path: str) -> int:
-        """How many calls reached `path` (e.g. "gettoken", "message/send")."""
-        with self._lock:
-            return sum(1 for c in self.calls if c.path == path)
-
     def delivery_times(self) -> dict[str, list[float]]:
         """When each member was delivered a message (time.time()), over the last hour."""
         with self._lock:
@@ -252,89 +145,28 @@ class FakeWeCom:
 
     # ── the API ──────────────────────────────────────────────────────────────
 
-    def _serve(self, http: BaseHTTPRequestHandler, method: str) -> None:
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            self._serve_one(http, method)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    def _serve_one(self, http: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlsplit(http.path)
-        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        length = int(http.headers.get("Content-Length") or 0)
-        raw = http.rfile.read(length) if length else b""
-        try:
-            body: Any = json.loads(raw.decode("utf-8")) if raw else None
-        except (UnicodeDecodeError, ValueError):
-            body = raw.decode("utf-8", "replace")
-        path = url.path[len(PREFIX):] if url.path.startswith(PREFIX) else url.path
-        call = Call(method, path, params, body if self.keep_bodies else None)
-        with self._lock:
-            self.calls.append(call)
-            fault = next((f for f in self._faults if f.path in (None, path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
-        if self.latency:
-            time.sleep(self.latency)
-        if fault is not None and not fault.hold:
-            if fault.delay:
-                time.sleep(fault.delay)
-            if fault.http_status is not None:
-                self._send(http, fault.http_status, b"injected failure", "text/plain")
-                return
-            if fault.errcode is not None:
-                self._json(http, self._error(fault.errcode, "injected"))
-                return
-        if method == "GET" and path == "gettoken":
-            result = self._gettoken(params)
-        elif method == "POST" and path == "message/send":
-            result = self._message_send(params, body)
-        elif method == "POST" and path == "menu/create":
-            result = self._menu_create(params, body)
-        elif method == "GET" and path == "auth/getuserinfo":
-            result = self._getuserinfo(params)
-        else:
-            self._send(http, 404, b"not found", "text/plain")
-            return
-        call.accepted = result.get("errcode") == 0
-        if fault is not None and fault.hold:
-            self._held.release()
-            self._release.wait(HOLD_MAX_S)
-        self._json(http, result)
-
-    @staticmethod
-    def _error(errcode: int, detail: str = "") -> dict[str, Any]:
-        msg = ERRMSG.get(errcode, "error")
-        return {"errcode": errcode, "errmsg": f"{msg}{', ' + detail if detail else ''}"}
-
     def _gettoken(self, params: dict[str, str]) -> dict[str, Any]:
         if not params.get("corpid"):
-            return self._error(41002)
+            return self.error(41002)
         if not params.get("corpsecret"):
-            return self._error(41004)
+            return self.error(41004)
         if params["corpid"] != self.corp_id:
-            return self._error(40013)
+            return self.error(40013)
         if params["corpsecret"] != self.secret:
-            return self._error(40001)
-        token = secrets.token_urlsafe(32)
-        with self._lock:
-            self.tokens[token] = time.time() + self.expires_in
+            return self.error(40001)
+        token = self.issue_token()
         return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": self.expires_in}
 
     def _token_error(self, params: dict[str, str]) -> dict[str, Any] | None:
         token = params.get("access_token")
         if not token:
-            return self._error(41001)
+            return self.error(41001)
         with self._lock:
             expires_at = self.tokens.get(token)
         if expires_at is None:
-            return self._error(40014)
+            return self.error(40014)
         if expires_at <= time.time():
-            return self._error(42001)
+            return self.error(42001)
         return None
 
     def _message_send(self, params: dict[str, str], body: Any) -> dict[str, Any]:
@@ -342,16 +174,16 @@ class FakeWeCom:
         if refused is not None:
             return refused
         if body is None:
-            return self._error(41009)
+            return self.error(41009)
         if not isinstance(body, dict):
-            return self._error(47001)
+            return self.error(47001)
         if str(body.get("agentid")) != str(self.agent_id):
-            return self._error(40056)
+            return self.error(40056)
         users = [u for u in str(body.get("touser") or "").split("|") if u]
         if not users and not body.get("toparty") and not body.get("totag"):
-            return self._error(40003, "no recipient")
+            return self.error(40003, "no recipient")
         if len(users) > MAX_RECIPIENTS:
-            return self._error(40003, f"more than {MAX_RECIPIENTS} recipients")
+            return self.error(40003, f"more than {MAX_RECIPIENTS} recipients")
         content, refused = self._content(body)
         if refused is not None:
             return refused
@@ -361,7 +193,7 @@ class FakeWeCom:
         try:
             interval = float(body.get("duplicate_check_interval") or DUPLICATE_CHECK_DEFAULT_S)
         except (TypeError, ValueError):
-            return self._error(47001, "duplicate_check_interval")
+            return self.error(47001, "duplicate_check_interval")
         interval = min(interval, DUPLICATE_CHECK_MAX_S)
         key = f"{body.get('msgtype')}:{content}"
         with self._lock:
@@ -388,12 +220,12 @@ class FakeWeCom:
         if refused is not None:
             return refused
         if params.get("agentid") != str(self.agent_id):
-            return self._error(40056)
+            return self.error(40056)
         if not isinstance(body, dict):
-            return self._error(47001)
+            return self.error(47001)
         errcode = menu_error(body, MAX_MENU_NAME_BYTES, MAX_SUB_MENU_NAME_BYTES)
         if errcode:
-            return self._error(errcode)
+            return self.error(errcode)
         with self._lock:
             self.menu = body
         return {"errcode": 0, "errmsg": "ok"}
@@ -404,15 +236,15 @@ class FakeWeCom:
             return refused
         code = params.get("code") or ""
         if not code:
-            return self._error(41008)
+            return self.error(41008)
         with self._lock:
             found = self.codes.get(code)
             if found is None:  # unknown, or used already
-                return self._error(40029)
+                return self.error(40029)
             self.codes[code] = None  # once, whatever comes next
         kind, who, issued = found
         if time.time() - issued > CODE_TTL_S:
-            return self._error(40029)
+            return self.error(40029)
         if kind == "userid":
             return {"errcode": 0, "errmsg": "ok", "userid": who}
         return {"errcode": 0, "errmsg": "ok", "openid": who, "external_userid": "wm" + secrets.token_hex(8)}
@@ -421,32 +253,17 @@ class FakeWeCom:
         kind = body.get("msgtype")
         part = body.get(kind) if isinstance(kind, str) else None
         if kind not in ("text", "markdown", "textcard") or not isinstance(part, dict):
-            return "", self._error(40008)
+            return "", self.error(40008)
         if kind == "textcard":
             title, description = str(part.get("title") or ""), str(part.get("description") or "")
             if not title or not description or not part.get("url"):
-                return "", self._error(44004)
+                return "", self.error(44004)
             if len(title.encode()) > MAX_TITLE_BYTES or len(description.encode()) > MAX_DESCRIPTION_BYTES:
-                return "", self._error(45002)
+                return "", self.error(45002)
             return f"{title}\n{description}", None
         content = str(part.get("content") or "")
         if not content:
-            return "", self._error(44004)
+            return "", self.error(44004)
         if len(content.encode()) > MAX_TEXT_BYTES:
-            return "", self._error(45002)
+            return "", self.error(45002)
         return content, None
-
-    @staticmethod
-    def _json(http: BaseHTTPRequestHandler, result: dict[str, Any]) -> None:
-        FakeWeCom._send(http, 200, json.dumps(result, ensure_ascii=False).encode(), "application/json")
-
-    @staticmethod
-    def _send(http: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str) -> None:
-        try:
-            http.send_response(status)
-            http.send_header("Content-Type", f"{content_type}; charset=utf-8")
-            http.send_header("Content-Length", str(len(data)))
-            http.end_headers()
-            http.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up waiting (a timeout test): nothing to answer
