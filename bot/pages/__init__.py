@@ -11,12 +11,16 @@ bot/pages/auth.py; a page opened without a session goes through the OAuth of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 
 from bot.pages import auth, charts
 from bot.pages import views as data
 from core.config import ROOT
 from core.render import _num, _signed
+from models.authz import Actor
 from models.service import Service
 from wechat.token import WeChatAPIError
 
@@ -128,59 +132,46 @@ def oauth_callback(channel: str) -> Response:
     return auth.forget_oauth(auth.sign_in(settings, channel, who, next_path))
 
 
-@pages.get("/card")
-def own_card() -> Response:
-    """The viewer's own card; a parent's: the child's (never a sensitive point)."""
+def _shown(template: str, build: Callable[[Service, Session, Actor], dict | str | None],
+           missing: Callable[[Actor], Response] | None = None) -> Response:
+    """A page for the signed-in viewer: `build` gives its values, or the reason it is refused (a 403
+    page), or nothing / "not_found" (`missing`'s page)."""
     viewer = _viewer()
     if isinstance(viewer, Response):
         return viewer
     service = _service()
     with service.sessions() as session:
-        found = data.own_card(service, session, viewer.actor)
-        if found is None:
-            return page(404, "pages/card_usage.html", viewer=viewer.actor)
-        return page(200, "pages/card.html", **found)
+        found = build(service, session, viewer.actor)
+        if missing is not None and found in (None, "not_found"):
+            return missing(viewer.actor)
+        if isinstance(found, str):
+            return _denied(found)
+        assert found is not None
+        return page(200, template, **found)
+
+
+@pages.get("/card")
+def own_card() -> Response:
+    """The viewer's own card; a parent's: the child's (never a sensitive point)."""
+    return _shown("pages/card.html", data.own_card,
+                  lambda actor: page(404, "pages/card_usage.html", viewer=actor))
 
 
 @pages.get("/card/<student_no>")
 def student_card(student_no: str) -> Response:
     """A student's card within the viewer's scope (a student: only their own)."""
-    viewer = _viewer()
-    if isinstance(viewer, Response):
-        return viewer
-    service = _service()
-    with service.sessions() as session:
-        found = data.card_of(service, session, viewer.actor, student_no)
-        if isinstance(found, str):
-            return _denied(found) if found != "not_found" else page(404, "pages/not_found.html",
-                                                                      token=student_no, kind="student")
-        return page(200, "pages/card.html", **found)
+    return _shown("pages/card.html", lambda svc, session, actor: data.card_of(svc, session, actor, student_no),
+                  lambda _actor: page(404, "pages/not_found.html", token=student_no, kind="student"))
 
 
 @pages.get("/class/<code>")
 def class_page(code: str) -> Response:
     """A class card, the spread of its students' totals and who is behind on data entry."""
-    viewer = _viewer()
-    if isinstance(viewer, Response):
-        return viewer
-    service = _service()
-    with service.sessions() as session:
-        found = data.class_of(service, session, viewer.actor, code)
-        if isinstance(found, str):
-            return _denied(found) if found != "not_found" else page(404, "pages/not_found.html",
-                                                                      token=code, kind="class")
-        return page(200, "pages/class.html", **found)
+    return _shown("pages/class.html", lambda svc, session, actor: data.class_of(svc, session, actor, code),
+                  lambda _actor: page(404, "pages/not_found.html", token=code, kind="class"))
 
 
 @pages.get("/dashboard")
 def dashboard() -> Response:
     """The weekly digest as charts: 院领导 the college, 系部主任 their department; anyone else 403."""
-    viewer = _viewer()
-    if isinstance(viewer, Response):
-        return viewer
-    service = _service()
-    with service.sessions() as session:
-        found = data.dashboard(service, session, viewer.actor)
-        if isinstance(found, str):
-            return _denied(found)
-        return page(200, "pages/dashboard.html", **found)
+    return _shown("pages/dashboard.html", data.dashboard)
