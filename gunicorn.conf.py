@@ -52,7 +52,10 @@ def child_exit(server, worker):  # noqa: ANN001, ANN201
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201
     """A worker has loaded the app (after the fork, gevent patched): load what its first request would
-    otherwise wait for (bot.warm_up), before it accepts connections."""
+    otherwise wait for (bot.warm_up), before it accepts connections. Another app run from this
+    directory (bench/bare_app.py's baselines) has nothing of ours to warm."""
+    if "czk" not in getattr(worker.wsgi, "extensions", {}):
+        return
     from bot import warm_up
 
     warm_up(worker.wsgi)

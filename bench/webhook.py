@@ -3,7 +3,7 @@
     .venv/bin/python bench/webhook.py [--duration 20] [--concurrency 50] [--rate 50] …
 
 Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
-1. creates a fresh database (`czk_bench`), migrates it with `python -m bot db upgrade`
+1. creates a fresh database (`czk_bench`, or `--db`), migrates it with `python -m bot db upgrade`
    and loads a roster of many senders (200 班主任, each with a class of 40 students);
 2. flushes one Redis db index (13 unless BENCH_REDIS_DB says otherwise);
 3. starts our service as in production (`gunicorn -w 2 'bot:create_app()'` with gunicorn.conf.py:
@@ -88,16 +88,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fresh_database() -> str:
+def fresh_database(name: str) -> str:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    return f"{PG_BASE}/{DB_NAME}"
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{PG_BASE}/{name}"
 
 
-def drop_database() -> None:
+def drop_database(name: str) -> None:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @dataclass
@@ -466,7 +466,8 @@ def main() -> int:
     parser.add_argument("--bare-threads", type=int, default=8, help="with --bare-class gthread: threads per worker")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of our workers during the closed loop into DIR")
-    parser.add_argument("--keep-db", action="store_true", help=f"leave the {DB_NAME} database for inspection")
+    parser.add_argument("--db", default=DB_NAME, help="the database created (and dropped) for the run")
+    parser.add_argument("--keep-db", action="store_true", help="leave the database for inspection")
     args = parser.parse_args()
 
     if not (reachable(5432) and reachable(6379)):
@@ -483,9 +484,9 @@ def main() -> int:
     try:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the run "
               "(other work on the machine skews every figure)", flush=True)
-        print(f"setting up: database {DB_NAME}, Redis db {REDIS_DB}, "
+        print(f"setting up: database {args.db}, Redis db {REDIS_DB}, "
               f"{args.teachers} senders × {args.students} students, logs in {logdir}", flush=True)
-        db_url = fresh_database()
+        db_url = fresh_database(args.db)
         redis_url = f"redis://{HOST}:6379/{REDIS_DB}"
         redis.Redis.from_url(redis_url).flushdb()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WECOM_", "MP_"))}
@@ -597,6 +598,7 @@ def main() -> int:
 
         checks = [
             ("closed loop: ours ≥ 0.5 × bare throughput", ratio >= 0.5),
+            ("closed loop: ours ≥ 0.9 × the floor's throughput", floor_ratio > 0 and ratio >= 0.9 * floor_ratio),
             ("closed loop: every reply of ours < 5 s", ours_closed_max < 5.0 and closed["ours"].failures == 0),
             ("open loop: ours p99 < 100 ms", ours_open_p99 < 0.100),
             ("every reply of ours decrypts and says 已记录", recorded == sent_to_ours and ours_errors == 0),
@@ -616,9 +618,9 @@ def main() -> int:
             s.stop()
         if not args.keep_db:
             try:
-                drop_database()
+                drop_database(args.db)
             except psycopg.Error as exc:
-                print(f"could not drop {DB_NAME}: {exc}", file=sys.stderr)
+                print(f"could not drop {args.db}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
