@@ -5,7 +5,9 @@ teacher), and stop cleanly on SIGTERM and Ctrl-C."""
 from __future__ import annotations
 
 import signal
+import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,6 +81,30 @@ def test_gunicorn_from_the_repository_root_answers_both_routes(college, db, tmp_
     env = bot_env(college, APP_ENV="production", **WECOM)
     with web_process(argv, env, port, tmp_path / "gunicorn.log") as server:
         answers_like_the_service(server.base, "全勤率 李四 90", db, "2023010102")
-        assert "Using worker: gevent" in server.output()  # gunicorn.conf.py was read
+        assert "Using worker: GeventPyWSGIKeepaliveWorker" in server.output()  # gunicorn.conf.py was read
+        idle, dripping = _silent_client(port), _dripping_client(port)
+        assert idle == b"", idle  # closed: a connection that sends nothing holds no greenlet for long
+        assert dripping.startswith(b"HTTP/1.1 400") or dripping == b"", dripping  # a head trickled in is cut off
+        answers_like_the_service(server.base, "全勤率 王五 85", db, "2023010103")  # and the workers serve on
         assert server.stop(signal.SIGTERM) == 0, server.output()
     assert "Traceback" not in server.output()
+
+
+def _silent_client(port: int) -> bytes:
+    """Connect and send nothing: what the server does with the connection within 10 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return sock.recv(1024)  # b"": closed by the server (gunicorn.conf.py's keepalive, 2 s)
+
+
+def _dripping_client(port: int) -> bytes:
+    """A request head sent a byte every 0.5 s (a slow client, or slowloris): what the server
+    answers before 10 s have passed (the head would take 20 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /wechat/wecom HTTP/1.1\r\n")
+        try:
+            for byte in b"X-Slow: " + b"a" * 12:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.5)
+        except OSError:  # reset: the server closed the connection
+            return b""
+        return sock.recv(1024)
