@@ -12,57 +12,11 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # or Redis. Recordings that arrive while a recording statement runs are written together by the next
 # one (models.scores.RecordingWriter), and a WeChat retry waiting for its twin's reply holds a
 # greenlet, not a worker. Per request it costs less CPU than threads do (bench/webhook.py).
+worker_class = "gevent"
 worker_connections = 100
 # A client has this many seconds to send a request's line and headers, the next one on a kept-alive
-# connection included; then the connection is closed (an idle or a slow client holds no greenlet).
+# connection included; then gunicorn closes the connection (an idle or a slow client holds no greenlet).
 keepalive = 2
-
-
-def _worker_class():  # noqa: ANN202
-    """gunicorn's gevent worker on gevent's own HTTP server ("gevent_pywsgi"), which writes a
-    response's head and body in one send where gunicorn's "gevent" writes them in two: per WeCom
-    callback about 15 % less worker CPU (bench/webhook.py, `--worker-class gevent` to compare).
-    What gunicorn's server had and gevent's lacks is added here: the `keepalive` limit on reading a
-    request's head (gevent's reads without a time limit)."""
-
-    from gevent import Timeout
-    from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
-
-    class HeadTooSlow(TimeoutError):
-        """The request head took longer than `keepalive` (an OSError, as a dropped connection is)."""
-
-    class HeadInTime(PyWSGIHandler):
-        """pywsgi's handler, with `keepalive` seconds for the request line and headers together."""
-
-        _head = None
-
-        def read_requestline(self):  # noqa: ANN202 - gevent's extension points, as gevent names them
-            # Timed out here, the line's read raises an OSError: pywsgi closes the connection, quietly.
-            self._head = Timeout.start_new(keepalive, HeadTooSlow)
-            return super().read_requestline()
-
-        def read_request(self, raw_requestline):  # noqa: ANN001, ANN202
-            try:
-                return super().read_request(raw_requestline)
-            except HeadTooSlow:
-                return False  # pywsgi answers 400 and closes
-            finally:
-                self._head.close()
-
-        def handle_one_request(self):  # noqa: ANN202
-            try:
-                return super().handle_one_request()
-            finally:  # no request line (closed, timed out, too long): the timer goes with it
-                if self._head is not None:
-                    self._head.close()
-
-    class GeventPyWSGIKeepaliveWorker(GeventPyWSGIWorker):
-        wsgi_handler = HeadInTime
-
-    return GeventPyWSGIKeepaliveWorker
-
-
-worker_class = _worker_class
 # WeChat gives a callback 5 s; a worker stuck longer than this is of no use to anyone.
 timeout = 30
 graceful_timeout = 10

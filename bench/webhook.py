@@ -7,7 +7,7 @@ Needs PostgreSQL and Redis on 127.0.0.1 (ports 5432, 6379). In one run it
    and loads a roster of many senders (200 班主任, each with a class of 40 students);
 2. flushes one Redis db index (13 unless BENCH_REDIS_DB says otherwise);
 3. starts our service as in production (`gunicorn -w 2 'bot:create_app()'` with gunicorn.conf.py:
-   gevent on gevent's HTTP server), the bare endpoint (`gunicorn -w 2 -k sync 'bench.bare_app:create_bare_app()'`) and,
+   gevent), the bare endpoint (`gunicorn -w 2 -k sync 'bench.bare_app:create_bare_app()'`) and,
    as a reference, the bare endpoint plus one durable INSERT per message (`create_floor_app()`,
    closed loop only) on loopback ports;
 4. phase 1, closed loop: N concurrent senders post encrypted recordings
@@ -456,7 +456,7 @@ def main() -> int:
     parser.add_argument("--teachers", type=int, default=200, help="senders (班主任), one class each")
     parser.add_argument("--students", type=int, default=40, help="students per class")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
-    parser.add_argument("--worker-class", choices=("gevent", "gevent_pywsgi", "gthread"),
+    parser.add_argument("--worker-class", choices=("gevent", "gthread"),
                         help="gunicorn worker class of ours (default: gunicorn.conf.py's, as in production)")
     parser.add_argument("--connections", type=int,
                         help="gevent: clients served at once per worker of ours (default: gunicorn.conf.py's)")
@@ -499,7 +499,7 @@ def main() -> int:
         senders = load_roster(db_url, args.teachers, args.students)
         traffic = Traffic(senders)
 
-        ours_options: tuple[str, ...] = ()  # gunicorn.conf.py's (gevent's HTTP server), but for the workers
+        ours_options: tuple[str, ...] = ()  # gunicorn.conf.py's (gevent), but for the workers
         if args.worker_class:
             ours_options = ("-k", args.worker_class)
         if args.connections:
