@@ -154,20 +154,8 @@ class FakeMp(FakeWeChatServer):
         token = self.issue_token()
         return {"access_token": token, "expires_in": self.expires_in}
 
-    def _token_error(self, params: dict[str, str]) -> dict[str, Any] | None:
-        token = params.get("access_token")
-        if not token:
-            return self.error(41001)
-        with self._lock:
-            expires_at = self.tokens.get(token)
-        if expires_at is None:
-            return self.error(40001)
-        if expires_at <= time.time():
-            return self.error(42001)
-        return None
-
     def _recipient(self, params: dict[str, str], body: Any) -> tuple[str, dict[str, Any] | None]:
-        refused = self._token_error(params)
+        refused = self.token_error(params)
         if refused is not None:
             return "", refused
         if body is None:
@@ -216,7 +204,7 @@ class FakeMp(FakeWeChatServer):
         return {"errcode": 0, "errmsg": "ok", "msgid": secrets.randbelow(10**12)}
 
     def _menu_create(self, params: dict[str, str], body: Any) -> dict[str, Any]:
-        refused = self._token_error(params)
+        refused = self.token_error(params)
         if refused is not None:
             return refused
         if not isinstance(body, dict):

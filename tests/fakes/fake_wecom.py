@@ -93,6 +93,7 @@ class FakeWeCom(FakeWeChatServer):
     PREFIX = PREFIX
     ERRMSG = ERRMSG
     NAME = "fake-wecom"
+    BAD_TOKEN = 40014  # WeCom's "invalid access_token"
     HOLD_PATH = "message/send"
 
     def __init__(self, corp_id: str = "wwfake0000corp", secret: str = "fake-secret-0123456789",
@@ -157,20 +158,8 @@ class FakeWeCom(FakeWeChatServer):
         token = self.issue_token()
         return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": self.expires_in}
 
-    def _token_error(self, params: dict[str, str]) -> dict[str, Any] | None:
-        token = params.get("access_token")
-        if not token:
-            return self.error(41001)
-        with self._lock:
-            expires_at = self.tokens.get(token)
-        if expires_at is None:
-            return self.error(40014)
-        if expires_at <= time.time():
-            return self.error(42001)
-        return None
-
     def _message_send(self, params: dict[str, str], body: Any) -> dict[str, Any]:
-        refused = self._token_error(params)
+        refused = self.token_error(params)
         if refused is not None:
             return refused
         if body is None:
@@ -216,7 +205,7 @@ class FakeWeCom(FakeWeChatServer):
                 "msgid": secrets.token_hex(12)}
 
     def _menu_create(self, params: dict[str, str], body: Any) -> dict[str, Any]:
-        refused = self._token_error(params)
+        refused = self.token_error(params)
         if refused is not None:
             return refused
         if params.get("agentid") != str(self.agent_id):
@@ -231,7 +220,7 @@ class FakeWeCom(FakeWeChatServer):
         return {"errcode": 0, "errmsg": "ok"}
 
     def _getuserinfo(self, params: dict[str, str]) -> dict[str, Any]:
-        refused = self._token_error(params)
+        refused = self.token_error(params)
         if refused is not None:
             return refused
         code = params.get("code") or ""

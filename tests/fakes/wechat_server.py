@@ -54,6 +54,7 @@ class FakeWeChatServer:
     ERRMSG: dict[int, str] = {}
     NAME = "fake-wechat"
     HOLD_PATH: str | None = None  # what hold_next holds when not told
+    BAD_TOKEN = 40001  # an access_token the server never issued or has forgotten
 
     def __init__(self, *, expires_in: int = 7200, latency: float = 0.0, keep_bodies: bool = True) -> None:
         self.expires_in = expires_in
@@ -146,6 +147,20 @@ class FakeWeChatServer:
         with self._lock:
             self.tokens[token] = time.time() + self.expires_in
         return token
+
+    def token_error(self, params: dict[str, str]) -> dict[str, Any] | None:
+        """The answer to a call whose `access_token` is missing (41001), unknown (BAD_TOKEN) or
+        expired (42001); None for a good one."""
+        token = params.get("access_token")
+        if not token:
+            return self.error(41001)
+        with self._lock:
+            expires_at = self.tokens.get(token)
+        if expires_at is None:
+            return self.error(self.BAD_TOKEN)
+        if expires_at <= time.time():
+            return self.error(42001)
+        return None
 
     def expire_tokens(self) -> None:
         """Every token issued so far is now expired (42001)."""
