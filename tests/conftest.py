@@ -63,6 +63,15 @@ def session(clean_db):
         yield s
 
 
+@pytest.fixture
+def college(session):
+    """The small college of tests/fakes/factories.py in the test's empty database (王芳 teaches
+    计算机2301, 张三 studies there, …); a module that needs another college defines its own."""
+    from tests.fakes.factories import small_college
+
+    return small_college(session)
+
+
 @pytest.fixture(scope="session")
 def catalogue():
     return load_catalogue(CATALOGUE)
@@ -71,6 +80,22 @@ def catalogue():
 @pytest.fixture(scope="session")
 def redis_url() -> str | None:
     return os.environ.get("TEST_REDIS_URL")
+
+
+@pytest.fixture(params=["redis", "memory"])
+def token_store(request, redis_url):
+    """Where a WeChat API client keeps its access token: a Redis client (the Redis pass), or None
+    (the in-process fallback); a test taking it runs once with each."""
+    if request.param == "memory":
+        yield None
+        return
+    if not redis_url:
+        pytest.skip("TEST_REDIS_URL is not set")
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,17 +14,11 @@ from core.messages import IncomingMessage
 from core.render import render
 from models.schema import AuditLog, BindCode, FollowerBinding, OutboxMessage, ProcessedMessage, Student
 from tests.fakes.chat import make_service, say
-from tests.fakes.factories import small_college
 
 _keys = itertools.count(1)
 CODE = re.compile(r"验证码：(\d{8})")
 UNBOUND = render("chat/mp_unbound.txt")
 REJECTED = render("chat/bind_rejected.txt", until=None)
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture

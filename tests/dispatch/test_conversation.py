@@ -11,12 +11,6 @@ from sqlalchemy import func, select
 from models.schema import AuditLog, ProcessedMessage, RecordingBatch, Student
 from models.scores import revoke
 from tests.fakes.chat import live_entries, make_service, say, student_id
-from tests.fakes.factories import small_college
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture

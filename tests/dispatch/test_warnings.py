@@ -50,11 +50,6 @@ SETTINGS = load_settings({"secret_key": "test"})  # the shipped rules file, no p
 # ── helpers ──────────────────────────────────────────────────────────────────
 
 @pytest.fixture
-def college(session):
-    return small_college(session)
-
-
-@pytest.fixture
 def svc(college, db_url, redis_url):
     return make_service(db_url, TODAY, redis_url)
 

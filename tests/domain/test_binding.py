@@ -16,15 +16,9 @@ from models.authz import student_view
 from models.binding import bind, follower_identity, issue_codes, unbind
 from models.db import Base, make_engine, make_sessionmaker
 from models.schema import AuditLog, BindCode, FollowerBinding, OutboxMessage, Student
-from tests.fakes.factories import small_college
 
 SECRET = "test-secret"
 T0 = datetime(2025, 11, 19, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 def sid(session, no: str) -> int:

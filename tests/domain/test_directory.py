@@ -11,12 +11,6 @@ from sqlalchemy import select
 from models.db import make_sessionmaker
 from models.directory import DirectoryCache
 from models.schema import Semester, Staff, Student, TeachingAssignment
-from tests.fakes.factories import small_college
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture

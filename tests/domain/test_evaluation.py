@@ -36,14 +36,8 @@ from models.scores import FIRST_ID, PlannedEntry, Processed, load_calendar, reco
 from models.service import Service
 from scheduler.runner import _flush_outbox
 from tests.fakes.chat import make_service, say
-from tests.fakes.factories import small_college
 
 TODAY = datetime(2025, 11, 19).date()
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 def count(session, table) -> int:

@@ -29,12 +29,6 @@ from models.scores import load_calendar
 from tests.fakes.chat import live_entries as live
 from tests.fakes.chat import make_service, say
 from tests.fakes.chat import student_id as sid
-from tests.fakes.factories import small_college
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture

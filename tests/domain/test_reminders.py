@@ -65,11 +65,6 @@ def staff_id(session, userid: str) -> int:
 
 
 @pytest.fixture
-def college(session):
-    return small_college(session)
-
-
-@pytest.fixture
 def calendar_college(session):
     return small_college(session, with_calendar=True)
 

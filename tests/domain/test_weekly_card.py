@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-import pytest
 from sqlalchemy import event, select
 
 from bot import create_app
@@ -23,11 +22,6 @@ from tests.fakes.factories import small_college
 
 TZ = ZoneInfo("Asia/Shanghai")
 MONDAY = date(2025, 11, 24)
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 def record(db_url, redis_url, day: date, userid: str, text: str) -> None:

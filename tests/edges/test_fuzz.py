@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from models.catalogue import Catalogue
 from models.schema import PlanTask, ProcessedMessage, ScoreEntry, Staff
-from tests.edges.test_wecom import AGENT_ID, CORP_ID, WeComSender, college, new_msg_id, serve  # noqa: F401
+from tests.edges.test_wecom import AGENT_ID, CORP_ID, WeComSender, new_msg_id, serve  # noqa: F401
 from tests.fakes.hostile import Vocabulary, chat
 
 EXAMPLES = 1400  # about 1,100 distinct messages (hypothesis repeats some): `make test` sends at least 1,000

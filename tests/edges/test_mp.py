@@ -4,7 +4,6 @@ WeChat's side of the wire), and WeChat's own published sample accepted as it sta
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import ExitStack
 
@@ -18,6 +17,7 @@ from core.config import Settings, load_settings
 from core.render import render
 from models.schema import MpFollower, ProcessedMessage
 from tests.edges.test_wecom import BILLION_LAUGHS, EXTERNAL_ENTITY, count, live_server
+from tests.fakes.threads import at_once
 from tests.fakes.wechat_mp import (
     ACCOUNT,
     AES_KEY,
@@ -293,18 +293,7 @@ def test_a_retried_msg_id_is_handled_once(serve, session, mode):
 def test_concurrent_retries_are_handled_once(serve, session):
     mp = serve()
     params, body = mp.aes_request(text_msg("储值卡"))
-    barrier = threading.Barrier(4)
-    results: list[requests.Response] = []
-
-    def post() -> None:
-        barrier.wait()
-        results.append(mp.post(params, body))
-
-    threads = [threading.Thread(target=post) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = at_once([lambda: mp.post(params, body)] * 4)
     assert [r.status_code for r in results] == [200] * 4
     assert len({mp.reply_text(r, encrypted=True) for r in results} - {""}) == 1
     assert len(processed_keys(session)) == 1

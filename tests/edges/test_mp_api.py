@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import pytest
-import redis
 import requests
 
 from bot.cli.menu import load_menus
@@ -18,6 +16,7 @@ from core.config import ROOT, Settings, load_settings
 from tests.fakes.fake_mp import FakeMp
 from tests.fakes.fake_wecom import FakeWeCom
 from tests.fakes.processes import product_env
+from tests.fakes.threads import at_once
 from wechat.mp_api import MpAPI, MpAPIError
 from wechat.wecom_api import WeComAPI
 
@@ -36,19 +35,6 @@ def fake():
     with FakeMp(app_id=f"wx{uuid.uuid4().hex[:16]}", templates={"TPL_WEEKLY"}) as server:
         server.follower_wrote(OPENID)
         yield server
-
-
-@pytest.fixture(params=["redis", "memory"])
-def token_store(request, redis_url):
-    """The Redis client MpAPI gets (None: the in-process fallback)."""
-    if request.param == "memory":
-        yield None
-        return
-    if not redis_url:
-        pytest.skip("TEST_REDIS_URL is not set")
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def test_every_call_goes_under_the_configured_root_with_a_timeout(fake, token_store):
@@ -91,19 +77,8 @@ def test_the_token_is_shared_by_two_clients_and_not_fetched_per_call(fake, token
 
 def test_concurrent_clients_fetch_the_token_once(fake, token_store):
     clients = [MpAPI(mp_settings(fake), token_store) for _ in range(3)]
-    barrier = threading.Barrier(9)
-    tokens: list[str] = []
-
-    def get(api: MpAPI) -> None:
-        barrier.wait()
-        tokens.append(api.access_token())
-
     fake.fail_next(1, delay=0.3, path="cgi-bin/token")  # a slow token call widens the race
-    threads = [threading.Thread(target=get, args=(clients[i % 3],)) for i in range(9)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
+    tokens = at_once([clients[i % 3].access_token for i in range(9)], timeout=20)
     assert len(tokens) == 9 and len(set(tokens)) == 1
     assert fake.calls_to("cgi-bin/token") == 1
 

@@ -22,14 +22,8 @@ from core.config import load_settings
 from models.page_links import LINK_SALT, page_link
 from models.schema import FollowerBinding, SchoolClass, Staff, Student
 from tests.fakes.chat import say
-from tests.fakes.factories import small_college
 
 BASE = "https://czk.example.edu.cn"
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from bot.pages.auth import COOKIE, OAUTH_COOKIE
 from core.config import load_settings
 from models.schema import FollowerBinding, Student
 from tests.fakes.chat import say
-from tests.fakes.factories import small_college
 from tests.fakes.fake_mp import FakeMp
 from tests.fakes.fake_wecom import FakeWeCom
 
@@ -41,11 +40,6 @@ def wecom():
 def mp():
     with FakeMp() as server:
         yield server
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 def make_app(db_url: str, redis_url: str | None, today, wecom: FakeWeCom | None = None,

@@ -35,8 +35,8 @@ from bot import create_app
 from bot.service import make_service
 from core.config import ROOT, Settings, load_settings
 from models.schema import AuditLog, ProcessedMessage, ScoreEntry
-from tests.fakes.factories import small_college
 from tests.fakes.fake_wecom import FakeWeCom
+from tests.fakes.threads import at_once
 from wechat.wecom_api import WeComAPI, WeComAPIError
 
 CORP_ID = "ww4d1f6a0c2b3e5f70"
@@ -161,11 +161,6 @@ def live_server(settings: Settings, today: date) -> Iterator[str]:
         thread.join(5)
         server.server_close()
         service.engine.dispose()
-
-
-@pytest.fixture
-def college(session):
-    return small_college(session)
 
 
 @pytest.fixture
@@ -294,18 +289,7 @@ def test_the_same_message_four_times_with_redis_down_is_recorded_once(serve, col
 def test_concurrent_duplicates_are_recorded_once(serve, college, session, redis_down):
     wecom = serve(redis=REDIS_DOWN) if redis_down else serve()
     params, body = wecom.envelope(wecom.encrypt(text_xml("wangfang", "全勤率 张三 95 李四 90")))
-    barrier = threading.Barrier(4)
-    results: list[requests.Response] = []
-
-    def post() -> None:
-        barrier.wait()
-        results.append(wecom.post_raw(params, body))
-
-    threads = [threading.Thread(target=post) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = at_once([lambda: wecom.post_raw(params, body)] * 4)
     assert [r.status_code for r in results] == [200] * 4
     _assert_one_recording([wecom.reply_text(r) for r in results], session)
 
@@ -565,19 +549,6 @@ def fake():
         yield server
 
 
-@pytest.fixture(params=["redis", "memory"])
-def token_store(request, redis_url):
-    """The Redis client WeComAPI gets (None: the in-process fallback)."""
-    if request.param == "memory":
-        yield None
-        return
-    if not redis_url:
-        pytest.skip("TEST_REDIS_URL is not set")
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def test_every_call_goes_to_the_configured_base_with_a_timeout(fake, token_store):
     api = WeComAPI(api_settings(fake), token_store)
     assert api.client.timeout == 5.0 and api.client.auto_retry is False
@@ -619,19 +590,8 @@ def test_expiry_and_token_live_in_redis(fake, redis_url):
 
 def test_concurrent_refresh_calls_gettoken_once(fake, token_store):
     clients = [WeComAPI(api_settings(fake), token_store) for _ in range(3)]  # as if three processes
-    barrier = threading.Barrier(9)
-    tokens: list[str] = []
-
-    def get(api: WeComAPI) -> None:
-        barrier.wait()
-        tokens.append(api.access_token())
-
     fake.fail_next(1, delay=0.3, path="gettoken")  # a slow gettoken widens the race
-    threads = [threading.Thread(target=get, args=(clients[i % 3],)) for i in range(9)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
+    tokens = at_once([clients[i % 3].access_token for i in range(9)], timeout=20)
     assert len(tokens) == 9 and len(set(tokens)) == 1
     assert fake.calls_to("gettoken") == 1
 
